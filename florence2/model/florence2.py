@@ -1,0 +1,193 @@
+"""The Florence-2 model: DaViT -> projector -> [image tokens ; prompt] -> BART encoder-decoder -> logits.
+
+``Florence2Model.forward(pixel_values, input_ids, decoder_input_ids)`` gives logits for teacher
+forcing (and a loss when ``labels`` are given); ``generate`` decodes. ``input_ids`` are the
+prompt's ids (``<s> prompt </s>``) without any image placeholders: the image tokens are prepended
+inside the model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from florence2.config import Florence2Config, VisionConfig
+from florence2.model.davit import DaViT
+from florence2.model.language import KVCache, LanguageModel
+
+
+class LearnedPosition2D(nn.Module):
+    """Learned absolute 2D positions: channel vector = [column_embedding[x] ; row_embedding[y]]."""
+
+    def __init__(self, dim: int, max_positions: int) -> None:
+        super().__init__()
+        self.row_embeddings = nn.Embedding(max_positions, dim // 2)
+        self.column_embeddings = nn.Embedding(max_positions, dim - dim // 2)
+
+    def forward(self, height: int, width: int) -> torch.Tensor:
+        n = self.row_embeddings.num_embeddings
+        if height > n or width > n:
+            raise ValueError(f"image feature grid {height}x{width} exceeds the {n}x{n} learned positions")
+        cols = self.column_embeddings.weight[:width]  # (W, D/2)
+        rows = self.row_embeddings.weight[:height]  # (H, D/2)
+        return torch.cat([cols[None].expand(height, -1, -1), rows[:, None].expand(-1, width, -1)], dim=-1)
+
+
+class CosineTemporalEmbedding(nn.Module):
+    """Fixed sinusoidal frame embeddings (even channels sin, odd cos). A still image is frame 0."""
+
+    def __init__(self, dim: int, max_frames: int) -> None:
+        super().__init__()
+        self.register_buffer("pos_idx_to_embed", sinusoid_table(max_frames, dim))
+
+
+def sinusoid_table(length: int, dim: int) -> torch.Tensor:
+    """(length, dim) table: column 2i = sin(t * w_i), column 2i+1 = cos(t * w_i), w_i = 10000^(-i/(dim/2))."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10000.0) / half))
+    angles = torch.arange(length, dtype=torch.float32)[:, None] * freqs[None, :]
+    table = torch.zeros(length, dim)
+    table[:, 0 : 2 * half : 2] = torch.sin(angles)
+    table[:, 1 : 2 * half : 2] = torch.cos(angles)
+    return table
+
+
+class Projector(nn.Module):
+    """Vision token map (B, h, w, Dv) -> (B, 1 + h*w, D): add 2D positions and the frame-0 temporal
+    embedding, prepend the mean over all positions, project to the text width, LayerNorm."""
+
+    def __init__(self, vision: VisionConfig, dim: int) -> None:
+        super().__init__()
+        self.image_position_embed = LearnedPosition2D(vision.out_dim, vision.max_pos_embeddings)
+        self.visual_temporal_embed = CosineTemporalEmbedding(vision.out_dim, vision.max_temporal_embeddings)
+        self.image_projection = nn.Linear(vision.out_dim, dim, bias=False)
+        self.image_proj_norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, h, w, C = x.shape
+        x = x + self.image_position_embed(h, w).to(x.dtype)
+        x = x.reshape(B, h * w, C) + self.visual_temporal_embed.pos_idx_to_embed[0].to(x.dtype)
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)  # (B, 1 + h*w, C)
+        return self.image_proj_norm(self.image_projection(x))
+
+
+@dataclass
+class Seq2SeqOutput:
+    logits: torch.Tensor  # (B, L, V)
+    loss: torch.Tensor | None = None
+
+
+class Florence2Model(nn.Module):
+    """Florence-2 encoder-decoder. Submodule names follow the native transformers layout."""
+
+    def __init__(self, config: Florence2Config) -> None:
+        super().__init__()
+        self.config = config
+        self.vision_tower = DaViT(config.vision)
+        self.multi_modal_projector = Projector(config.vision, config.projection_dim)
+        self.language_model = LanguageModel(config.text)
+
+    @property
+    def device(self) -> torch.device:
+        return self.language_model.shared.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.language_model.shared.weight.dtype
+
+    # --- encoding ------------------------------------------------------------------------------
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalized pixels -> (B, N_img, D) image tokens (N_img = 577 at 768x768)."""
+        x = self.vision_tower(pixel_values.to(device=self.device, dtype=self.dtype))
+        return self.multi_modal_projector(x)
+
+    def encode(
+        self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the language encoder over ``[image tokens ; prompt]``.
+
+        image_features: (B, N_img, D); input_ids: (B, T) prompt ids; attention_mask: (B, T), 1 = real.
+        Returns memory (B, N_img + T, D) and its mask (B, N_img + T), or None when nothing is padded.
+        """
+        n_img = image_features.shape[1]
+        total = n_img + input_ids.shape[1]
+        limit = self.config.text.max_position_embeddings
+        if total > limit:
+            raise ValueError(
+                f"{n_img} image tokens + {input_ids.shape[1]} prompt tokens exceed the encoder's {limit} positions"
+            )
+        x = torch.cat([image_features.to(self.dtype), self.language_model.embed(input_ids)], dim=1)
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            ones = attention_mask.new_ones(attention_mask.shape[0], n_img)
+            mask = torch.cat([ones, attention_mask], dim=1)
+        return self.language_model.encoder(x, mask), mask
+
+    # --- decoding ------------------------------------------------------------------------------
+
+    def decode(
+        self,
+        decoder_input_ids: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """(B, L) decoder ids -> (B, L, V) logits; with ``cache`` the ids continue the cached prefix."""
+        x = self.language_model.embed(decoder_input_ids)
+        h = self.language_model.decoder(x, memory, memory_mask, cache)
+        return self.language_model.logits(h)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        decoder_input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> Seq2SeqOutput:
+        """Teacher-forced pass. ``labels`` (B, L) with -100 at ignored positions give a mean
+        cross-entropy ``loss``; without ``decoder_input_ids`` they are the labels shifted right once
+        behind the decoder start token (pad where a label is -100)."""
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("pass decoder_input_ids or labels")
+            decoder_input_ids = shift_right(
+                labels, self.config.text.decoder_start_token_id, self.config.text.pad_token_id
+            )
+        memory, memory_mask = self.encode(self.encode_image(pixel_values), input_ids, attention_mask)
+        logits = self.decode(decoder_input_ids, memory, memory_mask)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+        return Seq2SeqOutput(logits=logits, loss=loss)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **decoding,
+    ) -> torch.Tensor:
+        """Decode token ids (B, L) starting with the decoder start token, like transformers' generate.
+
+        ``decoding``: fields of :class:`florence2.generation.DecodingOptions` (num_beams,
+        max_new_tokens, no_repeat_ngram_size, length_penalty, early_stopping, ...)."""
+        from florence2.generation import DecodingOptions, generate
+
+        options = DecodingOptions.for_model(self.config, **decoding)
+        memory, memory_mask = self.encode(self.encode_image(pixel_values), input_ids, attention_mask)
+        return generate(self, memory, memory_mask, options).sequences
+
+
+def shift_right(labels: torch.Tensor, start_token_id: int, pad_token_id: int) -> torch.Tensor:
+    """Decoder inputs for teacher forcing: ``[start, labels[:-1]]`` with -100 replaced by pad."""
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[:, 0] = start_token_id
+    shifted[:, 1:] = labels[:, :-1]
+    return shifted.masked_fill(shifted == -100, pad_token_id)

@@ -1,0 +1,264 @@
+"""BART-style post-LayerNorm transformer encoder-decoder (the Florence-2 language model).
+
+The token embedding ``shared`` is tied across encoder input, decoder input and the output head, so
+the encoder and decoder take embeddings rather than ids. Learned positions carry BART's offset of 2.
+
+Decoding uses :class:`KVCache`: a preallocated self-attention cache per decoder layer plus the
+cross-attention keys/values, which are computed once from the encoder output.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from florence2.config import TextConfig
+
+_POSITION_OFFSET = 2  # BART reserves the first two rows of its position tables
+
+_ACTIVATIONS = {
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    B, T, D = x.shape
+    return x.view(B, T, num_heads, D // num_heads).transpose(1, 2)  # (B, nh, T, hd)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _split_heads(self.k_proj(x), self.num_heads), _split_heads(self.v_proj(x), self.num_heads)
+
+    def attend(
+        self,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        """x: (B, T, D) queries; k, v: (B, nh, S, hd); mask: bool, True = attend, broadcast to (B, nh, T, S)."""
+        q = _split_heads(self.q_proj(x), self.num_heads)
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+        B, _, T, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        k, v = self.project_kv(x)
+        return self.attend(x, k, v, mask, is_causal)
+
+
+class _PostNormLayer(nn.Module):
+    """Shared by encoder and decoder layers: the position-wise feed-forward sublayer."""
+
+    fc1: nn.Linear
+    fc2: nn.Linear
+    final_layer_norm: nn.LayerNorm
+    dropout: float
+    activation_dropout: float
+    act: Callable[[torch.Tensor], torch.Tensor]
+
+    def _init_ffn(self, c: TextConfig, hidden: int) -> None:
+        self.dropout = c.dropout
+        self.activation_dropout = c.activation_dropout
+        self.act = _ACTIVATIONS[c.activation_function]
+        self.fc1 = nn.Linear(c.d_model, hidden)
+        self.fc2 = nn.Linear(hidden, c.d_model)
+        self.final_layer_norm = nn.LayerNorm(c.d_model)
+
+    def _residual(self, norm: nn.LayerNorm, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return norm(x + F.dropout(h, self.dropout, self.training))
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.dropout(self.act(self.fc1(x)), self.activation_dropout, self.training)
+        return self._residual(self.final_layer_norm, x, self.fc2(h))
+
+
+class EncoderLayer(_PostNormLayer):
+    def __init__(self, c: TextConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(c.d_model, c.encoder_attention_heads, c.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(c.d_model)
+        self._init_ffn(c, c.encoder_ffn_dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = self._residual(self.self_attn_layer_norm, x, self.self_attn(x, mask))
+        x = self._ffn(x)
+        if x.dtype == torch.float16:  # as BART: keep fp16 activations finite
+            bound = torch.finfo(x.dtype).max - 1000
+            x = x.clamp(-bound, bound)
+        return x
+
+
+class DecoderLayer(_PostNormLayer):
+    def __init__(self, c: TextConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(c.d_model, c.decoder_attention_heads, c.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(c.d_model)
+        self.encoder_attn = Attention(c.d_model, c.decoder_attention_heads, c.attention_dropout)
+        self.encoder_attn_layer_norm = nn.LayerNorm(c.d_model)
+        self._init_ffn(c, c.decoder_ffn_dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        self_kv: tuple[torch.Tensor, torch.Tensor],
+        cross_kv: tuple[torch.Tensor, torch.Tensor],
+        memory_mask: torch.Tensor | None,
+        self_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        x = self._residual(
+            self.self_attn_layer_norm, x, self.self_attn.attend(x, *self_kv, mask=self_mask, is_causal=is_causal)
+        )
+        x = self._residual(self.encoder_attn_layer_norm, x, self.encoder_attn.attend(x, *cross_kv, mask=memory_mask))
+        return self._ffn(x)
+
+
+class KVCache:
+    """Decoder state for incremental decoding of ``batch`` sequences up to ``max_length`` tokens.
+
+    ``self_k[i]``/``self_v[i]``: (batch, nh, max_length, hd) preallocated, filled up to ``length``.
+    ``cross_k[i]``/``cross_v[i]``: (batch, nh, S, hd), projected once from the encoder output.
+    """
+
+    def __init__(
+        self,
+        self_k: list[torch.Tensor],
+        self_v: list[torch.Tensor],
+        cross_k: list[torch.Tensor],
+        cross_v: list[torch.Tensor],
+        memory_mask: torch.Tensor | None,
+    ) -> None:
+        self.self_k, self.self_v = self_k, self_v
+        self.cross_k, self.cross_v = cross_k, cross_v
+        self.memory_mask = memory_mask
+        self.length = 0
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (beam search: each surviving beam takes its parent's history).
+
+        Beams are reordered within their batch item only, so the cross-attention state, identical
+        for all beams of an item, never moves."""
+        for buf in (*self.self_k, *self.self_v):
+            buf[:, :, : self.length].copy_(buf[:, :, : self.length].index_select(0, index))
+
+
+class Encoder(nn.Module):
+    def __init__(self, c: TextConfig) -> None:
+        super().__init__()
+        self.dropout = c.dropout
+        self.embed_positions = nn.Embedding(c.max_position_embeddings + _POSITION_OFFSET, c.d_model)
+        self.layernorm_embedding = nn.LayerNorm(c.d_model)
+        self.layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.encoder_layers))
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """inputs_embeds: (B, S, D); attention_mask: (B, S), 1 = real token. Returns (B, S, D)."""
+        S = inputs_embeds.shape[1]
+        pos = self.embed_positions.weight[_POSITION_OFFSET : _POSITION_OFFSET + S]
+        x = self.layernorm_embedding(inputs_embeds + pos)
+        x = F.dropout(x, self.dropout, self.training)
+        mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+
+class Decoder(nn.Module):
+    def __init__(self, c: TextConfig) -> None:
+        super().__init__()
+        self.config = c
+        self.dropout = c.dropout
+        self.embed_positions = nn.Embedding(c.max_position_embeddings + _POSITION_OFFSET, c.d_model)
+        self.layernorm_embedding = nn.LayerNorm(c.d_model)
+        self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.decoder_layers))
+
+    def new_cache(self, memory: torch.Tensor, memory_mask: torch.Tensor | None, max_length: int) -> KVCache:
+        """Precompute cross-attention keys/values of ``memory`` (B, S, D) and allocate self-attention
+        buffers for ``max_length`` decoder tokens."""
+        B = memory.shape[0]
+        nh = self.config.decoder_attention_heads
+        hd = self.config.d_model // nh
+        cross = [layer.encoder_attn.project_kv(memory) for layer in self.layers]
+        new = lambda: memory.new_empty(B, nh, max_length, hd)  # noqa: E731
+        n = len(self.layers)
+        mask = None if memory_mask is None else memory_mask[:, None, None, :].bool()
+        return KVCache(
+            [new() for _ in range(n)], [new() for _ in range(n)], [k for k, _ in cross], [v for _, v in cross], mask
+        )
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """inputs_embeds: (B, T, D) decoder token embeddings. Without a cache: a full causal pass over
+        ``memory`` (B, S, D). With a cache: the T new tokens continue the cached prefix, which grows."""
+        T = inputs_embeds.shape[1]
+        start = 0 if cache is None else cache.length
+        if start + T > self.config.max_position_embeddings:
+            raise ValueError(f"decoder length {start + T} exceeds {self.config.max_position_embeddings} positions")
+        pos = self.embed_positions.weight[_POSITION_OFFSET + start : _POSITION_OFFSET + start + T]
+        x = self.layernorm_embedding(inputs_embeds + pos)
+        x = F.dropout(x, self.dropout, self.training)
+        if cache is None:
+            mask = None if memory_mask is None else memory_mask[:, None, None, :].bool()
+            for layer in self.layers:
+                self_kv = layer.self_attn.project_kv(x)
+                x = layer(x, self_kv, layer.encoder_attn.project_kv(memory), mask, is_causal=T > 1)
+            return x
+        end = start + T
+        # one new token sees the whole prefix; a chunk after a prefix needs an offset causal mask
+        self_mask = None
+        if T > 1 and start > 0:
+            q_pos = torch.arange(start, end, device=x.device)[:, None]
+            self_mask = torch.arange(end, device=x.device)[None, :] <= q_pos
+        for i, layer in enumerate(self.layers):
+            k, v = layer.self_attn.project_kv(x)
+            cache.self_k[i][:, :, start:end] = k
+            cache.self_v[i][:, :, start:end] = v
+            self_kv = (cache.self_k[i][:, :, :end], cache.self_v[i][:, :, :end])
+            cross_kv = (cache.cross_k[i], cache.cross_v[i])
+            x = layer(x, self_kv, cross_kv, cache.memory_mask, self_mask, is_causal=T > 1 and start == 0)
+        cache.length = end
+        return x
+
+
+class LanguageModel(nn.Module):
+    """Token embedding (``shared``) + encoder + decoder; the output head reuses ``shared``."""
+
+    def __init__(self, c: TextConfig) -> None:
+        super().__init__()
+        self.config = c
+        self.embed_scale = math.sqrt(c.d_model) if c.scale_embedding else 1.0
+        self.shared = nn.Embedding(c.vocab_size, c.d_model, padding_idx=c.pad_token_id)
+        self.encoder = Encoder(c)
+        self.decoder = Decoder(c)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.shared(ids) * self.embed_scale
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.shared.weight)

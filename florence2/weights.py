@@ -1,0 +1,316 @@
+"""Checkpoints: read both public layouts into our model strictly, and write the native layout.
+
+Layouts (detected by a sentinel key):
+
+* native transformers (``florence-community/*``): ``model.vision_tower...``, ``model.language_model...``;
+  our module names equal these minus the ``model.`` prefix, so conversion is a prefix strip.
+* original Microsoft remote code (``microsoft/Florence-2-*``): ``vision_tower.convs.0.proj.weight``,
+  ``image_projection``, ``language_model.model...``: converted by an ordered list of renames.
+
+Tied copies of the token embedding (``lm_head``, ``encoder/decoder.embed_tokens``) are accepted
+and checked against ``shared``; a checkpoint we write stores ``shared`` only, as transformers does.
+Loading is strict: missing, unexpected or wrongly shaped tensors raise :class:`CheckpointError`
+naming them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from florence2.config import Florence2Config, config_from_dict, config_to_native_dict
+from florence2.errors import CheckpointError
+from florence2.model.florence2 import Florence2Model, sinusoid_table
+
+StateDict = dict[str, torch.Tensor]
+
+_EMBED = "language_model.shared.weight"
+# keys that are the token embedding under other names (weight tying)
+_TIED_ALIASES = (
+    "lm_head.weight",
+    "language_model.encoder.embed_tokens.weight",
+    "language_model.decoder.embed_tokens.weight",
+)
+_TEMPORAL = "multi_modal_projector.visual_temporal_embed.pos_idx_to_embed"
+
+# original remote-code names -> ours, applied in order as regex substitutions
+_ORIGINAL_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"^vision_tower\.convs\.(\d+)\.proj\.", r"vision_tower.convs.\1.conv."),
+    (r"\.conv([12])\.fn\.dw\.", r".conv\1."),
+    (r"\.(window_attn|channel_attn)\.norm\.", r".norm1."),
+    (r"\.(window_attn|channel_attn)\.fn\.", r".\1."),
+    (r"\.ffn\.norm\.", r".norm2."),
+    (r"\.ffn\.fn\.net\.", r".ffn."),
+    (r"^image_proj_norm\.", r"multi_modal_projector.image_proj_norm."),
+    (r"^image_pos_embed\.", r"multi_modal_projector.image_position_embed."),
+    (r"^visual_temporal_embed\.", r"multi_modal_projector.visual_temporal_embed."),
+    (r"^language_model\.model\.", r"language_model."),
+    (r"^language_model\.lm_head\.", r"lm_head."),
+)
+
+
+def convert_original(state: StateDict) -> StateDict:
+    """Original Microsoft layout -> ours."""
+    out: StateDict = {}
+    for key, value in state.items():
+        if key == "image_projection":
+            # stored as a (D_vision, D_text) matrix used as x @ W; ours is a Linear weight (out, in)
+            out["multi_modal_projector.image_projection.weight"] = value.t().contiguous()
+            continue
+        if key == "language_model.final_logits_bias":
+            # a zero buffer in every released checkpoint; a non-zero one would change the logits
+            if value.abs().max() != 0:
+                raise CheckpointError(
+                    "language_model.final_logits_bias is non-zero; such checkpoints are not supported"
+                )
+            continue
+        for pattern, repl in _ORIGINAL_RENAMES:
+            key = re.sub(pattern, repl, key)
+        out[key] = value
+    return out
+
+
+def convert_native(state: StateDict) -> StateDict:
+    """Native transformers layout -> ours (strip the ``model.`` prefix)."""
+    return {k.removeprefix("model."): v for k, v in state.items()}
+
+
+# sentinel key -> converter; the first sentinel present decides
+_LAYOUTS: tuple[tuple[str, str, Callable[[StateDict], StateDict]], ...] = (
+    ("original", "image_projection", convert_original),
+    ("native", "model.language_model.shared.weight", convert_native),
+    ("native", "model.multi_modal_projector.image_projection.weight", convert_native),
+)
+
+
+def detect_layout(state: StateDict) -> str:
+    for name, sentinel, _ in _LAYOUTS:
+        if sentinel in state:
+            return name
+    raise CheckpointError(
+        "unrecognised checkpoint layout: expected 'image_projection' (original Microsoft) or "
+        f"'model.language_model.shared.weight' (native transformers); first keys: {sorted(state)[:5]}"
+    )
+
+
+def convert_state_dict(state: StateDict) -> StateDict:
+    layout = detect_layout(state)
+    converter = next(fn for name, _, fn in _LAYOUTS if name == layout)
+    return converter(state)
+
+
+def _resolve_ties(state: StateDict) -> StateDict:
+    aliases = [k for k in _TIED_ALIASES if k in state]
+    if _EMBED not in state and aliases:
+        state[_EMBED] = state[aliases[0]]
+    for alias in aliases:
+        tensor = state.pop(alias)
+        if tensor.shape != state[_EMBED].shape or not torch.equal(tensor, state[_EMBED]):
+            raise CheckpointError(f"{alias} differs from the token embedding; untied output heads are not supported")
+    return state
+
+
+def load_state_dict_strict(model: Florence2Model, state: StateDict) -> None:
+    """Copy ``state`` (our key names) into ``model``, failing on any missing/unexpected/misshaped key."""
+    state = _resolve_ties(dict(state))
+    expected = model.state_dict()
+    if _TEMPORAL not in state and _TEMPORAL in expected:
+        # a fixed sinusoid table; some exports drop buffers, so rebuild it rather than fail
+        state[_TEMPORAL] = sinusoid_table(*expected[_TEMPORAL].shape)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:20])}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}")
+    if wrong:
+        problems.append(f"wrong shapes ({len(wrong)}): {'; '.join(wrong[:20])}")
+    if problems:
+        raise CheckpointError("checkpoint does not match the model config:\n  " + "\n  ".join(problems))
+    with torch.no_grad():
+        for key, target in expected.items():
+            target.copy_(state[key].to(target.dtype))
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _read_tensor_file(path: Path) -> StateDict:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        # safe unpickling only: tensors and plain containers, never arbitrary objects
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad checkpoint file
+        raise CheckpointError(f"cannot read weights from {path}: {e}") from e
+
+
+def read_weights(folder: Path) -> StateDict:
+    """All tensors of a checkpoint folder (single file or sharded with an index)."""
+    for name in _WEIGHT_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if name.endswith(".index.json"):
+            try:
+                shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, AttributeError) as e:
+                raise CheckpointError(f"malformed shard index {path}: {e}") from e
+            state: StateDict = {}
+            for shard in shards:
+                state.update(_read_tensor_file(folder / shard))
+            return state
+        return _read_tensor_file(path)
+    raise CheckpointError(f"no weights in {folder}: expected one of {', '.join(_WEIGHT_FILES)}")
+
+
+def read_config(folder: Path) -> Florence2Config:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"no config.json in {folder}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"malformed {path}: {e}") from e
+    return config_from_dict(data)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A local checkpoint folder for ``path``: a folder, a weights file inside one, or a hub id."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return p.parent
+    if p.is_dir():
+        return p
+    text = str(path)
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", text) and not text.startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError as e:
+            raise CheckpointError(
+                f"{text!r} is not a local folder; to download it from the hub install the 'hub' extra "
+                "(pip install 'florence2[hub]')"
+            ) from e
+        return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"]))
+    raise CheckpointError(f"checkpoint not found: {text}")
+
+
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> Florence2Model:
+    """Build a :class:`Florence2Model` from a checkpoint folder of either layout (or a hub id).
+
+    ``dtype``: torch.float32 (default), torch.float16 or torch.bfloat16 (or their names).
+    The model is returned in eval mode."""
+    folder = resolve_checkpoint(path)
+    config = read_config(folder)
+    state = convert_state_dict(read_weights(folder))
+    dtype = _parse_dtype(dtype)
+    with torch.device("meta"):
+        model = Florence2Model(config)
+    model = model.to_empty(device="cpu")
+    load_state_dict_strict(model, state)
+    return model.to(device=device or "cpu", dtype=dtype).eval()
+
+
+def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "half": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+    return names[dtype]
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def native_state_dict(model: Florence2Model) -> StateDict:
+    """Our state dict in the native transformers layout (tied embedding stored once)."""
+    return {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+
+
+def generation_config_dict(config: Florence2Config) -> dict:
+    t = config.text
+    return {
+        "bos_token_id": t.bos_token_id,
+        "decoder_start_token_id": t.decoder_start_token_id,
+        "eos_token_id": t.eos_token_id,
+        "pad_token_id": t.pad_token_id,
+        "forced_bos_token_id": t.bos_token_id,
+        "forced_eos_token_id": t.eos_token_id,
+        "early_stopping": True,
+        "no_repeat_ngram_size": 3,
+        "num_beams": 3,
+    }
+
+
+def save_model(
+    model: Florence2Model,
+    folder: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    extra_files: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write ``config.json``, ``generation_config.json`` and ``model.safetensors`` (native layout),
+    atomically: files are written to a temporary sibling folder that then replaces ``folder``.
+    ``extra_files(tmp_folder)`` may add files (tokenizer, preprocessor config) before the swap."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        state = native_state_dict(model)
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        save_file({k: v.cpu() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config_to_native_dict(model.config), indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(json.dumps(generation_config_dict(model.config), indent=2) + "\n")
+        if extra_files is not None:
+            extra_files(tmp)
+        old = None
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
