@@ -9,13 +9,16 @@ inside the model.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from florence2.config import Florence2Config, VisionConfig
+from florence2.generation import DecodingOptions, generate
 from florence2.model.davit import DaViT
 from florence2.model.language import KVCache, LanguageModel
 
@@ -166,6 +169,12 @@ class Florence2Model(nn.Module):
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
         return Seq2SeqOutput(logits=logits, loss=loss)
 
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write config.json, generation_config.json and model.safetensors in the native layout."""
+        from florence2.weights import save_model  # weights builds models: import at call time
+
+        return save_model(self, folder, dtype=dtype)
+
     @torch.inference_mode()
     def generate(
         self,
@@ -178,8 +187,6 @@ class Florence2Model(nn.Module):
 
         ``decoding``: fields of :class:`florence2.generation.DecodingOptions` (num_beams,
         max_new_tokens, no_repeat_ngram_size, length_penalty, early_stopping, ...)."""
-        from florence2.generation import DecodingOptions, generate
-
         options = DecodingOptions.for_model(self.config, **decoding)
         memory, memory_mask = self.encode(self.encode_image(pixel_values), input_ids, attention_mask)
         return generate(self, memory, memory_mask, options).sequences

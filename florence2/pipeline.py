@@ -1,0 +1,146 @@
+"""The predictor: image(s) + task -> official result dicts.
+
+>>> from florence2 import Florence2
+>>> f2 = Florence2.from_pretrained("path/to/Florence-2-base")    # or no path: the embedded model
+>>> f2.predict("car.jpg", "<OD>")
+{'<OD>': {'bboxes': [[34.24, 160.08, 597.44, 371.76], ...], 'labels': ['car', ...]}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from florence2.errors import CheckpointError
+from florence2.generation import DecodingOptions, generate
+from florence2.image import ImageSource
+from florence2.model.florence2 import Florence2Model
+from florence2.processor import Florence2Processor
+from florence2.weights import load_model, resolve_checkpoint, save_model
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "model"
+# decoding settings a checkpoint's generation_config.json may carry
+_GENERATION_KEYS = ("num_beams", "no_repeat_ngram_size", "length_penalty", "early_stopping")
+
+
+def default_model_path() -> Path:
+    """The model shipped inside the package."""
+    if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+        raise CheckpointError(f"no embedded model in this installation ({DEFAULT_MODEL_DIR}); pass a checkpoint path")
+    return DEFAULT_MODEL_DIR
+
+
+def _generation_defaults(folder: Path) -> dict[str, Any]:
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"malformed {path}: {e}") from e
+    return {k: data[k] for k in _GENERATION_KEYS if k in data and data[k] is not None}
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Florence2:
+    """A loaded model with its processor. ``predict`` runs any task on one image or many."""
+
+    def __init__(
+        self, model: Florence2Model, processor: Florence2Processor, generation_defaults: dict[str, Any] | None = None
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.generation_defaults = dict(generation_defaults or {})
+        self.num_image_tokens = model.config.num_image_tokens(processor.image_size)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+    ) -> Florence2:
+        """Load a checkpoint folder of either public layout (or a hub id); no path: the embedded model."""
+        folder = default_model_path() if path is None else resolve_checkpoint(path)
+        model = load_model(folder, device=device, dtype=dtype)
+        processor = Florence2Processor.from_pretrained(folder, model.config.text.max_position_embeddings)
+        return cls(model, processor, _generation_defaults(folder))
+
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write the checkpoint (native transformers layout) with tokenizer and preprocessor config."""
+        image_seq_length = self.num_image_tokens
+        return save_model(
+            self.model,
+            folder,
+            dtype=dtype,
+            extra_files=lambda tmp: self.processor.save_pretrained(tmp, image_seq_length),
+        )
+
+    def decoding_options(self, **overrides: Any) -> DecodingOptions:
+        return DecodingOptions.for_model(self.model.config, **{**self.generation_defaults, **overrides})
+
+    def predict(
+        self,
+        image: ImageSource | Sequence[ImageSource],
+        task: str | None = "<CAPTION>",
+        text: str | None = None,
+        region: Sequence[float] | None = None,
+        *,
+        batch_size: int = 8,
+        progress: bool = False,
+        **decoding: Any,
+    ) -> dict[str, Any] | list[dict[str, Any]]:
+        """Run ``task`` on one image (returns a result dict) or a list of images (a list of them).
+
+        task: a task token (``"<OD>"``, ``"OD"``, ``"od"``) or None for a free prompt in ``text``.
+        text: the task's text input (grounding, referring segmentation, open-vocabulary detection).
+        region: the task's region input, an XYXY box in pixels of the original image.
+        decoding: :class:`~florence2.generation.DecodingOptions` fields (``num_beams``, ...).
+        Results follow the official format, coordinates in float pixels of the original image.
+        """
+        single = not isinstance(image, (list, tuple))
+        images = [image] if single else list(image)
+        options = self.decoding_options(**decoding)
+        chunks = list(_chunks(images, max(1, batch_size)))
+        results: list[dict[str, Any]] = []
+        for chunk in _progress(chunks, progress, total_items=len(images)):
+            results.extend(self._predict_batch(chunk, task, text, region, options))
+        return results[0] if single else results
+
+    def _predict_batch(
+        self,
+        images: Sequence[ImageSource],
+        task: str | None,
+        text: str | None,
+        region: Sequence[float] | None,
+        options: DecodingOptions,
+    ) -> list[dict[str, Any]]:
+        pixel_values, sizes = self.processor.image_processor.preprocess(list(images))
+        prompts = [self.processor.build_prompt(task, text, region, size) for size in sizes]
+        input_ids, mask = self.processor.tokenize(prompts, self.num_image_tokens)
+        device = self.model.device
+        with torch.inference_mode():
+            features = self.model.encode_image(pixel_values.to(device))
+            memory, memory_mask = self.model.encode(features, input_ids.to(device), mask.to(device))
+            out = generate(self.model, memory, memory_mask, options)
+        texts = self.processor.batch_decode(out.sequences.cpu())
+        return [self.processor.post_process_generation(t, task, size) for t, size in zip(texts, sizes)]
+
+
+def _progress(chunks: list, enabled: bool, total_items: int) -> Any:
+    if not enabled:
+        return chunks
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return chunks
+    return tqdm(chunks, total=len(chunks), unit="batch", desc=f"{total_items} images")

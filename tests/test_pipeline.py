@@ -1,0 +1,151 @@
+"""The predictor and the CLI on a random-weight checkpoint built here (tokenizer trained on the fly)."""
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from florence2 import Florence2, Florence2Processor, ImageProcessor, TaskError
+from florence2.cli import main
+from florence2.tasks import TASKS
+from florence2.tokenizer import train_bpe_tokenizer
+from tests.checkpoints import random_model, tiny_config
+
+CORPUS = [spec.prompt for spec in TASKS.values()] + ["a red circle and a blue square", "the text HELLO 42"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    tokenizer = train_bpe_tokenizer(CORPUS * 20, vocab_size=320)
+    model = random_model(tiny_config(vocab_size=tokenizer.vocab_size, max_positions=256), std=0.2)
+    processor = Florence2Processor(tokenizer, ImageProcessor(size=(64, 64)), max_positions=256)
+    folder = tmp_path_factory.mktemp("ckpt") / "tiny"
+    Florence2(model, processor).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
+    return Florence2.from_pretrained(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for i, size in enumerate([(80, 60), (64, 64), (50, 90)]):
+        path = folder / f"img{i}.png"
+        Image.new("RGB", size, (40 * i, 120, 200)).save(path)
+        paths.append(path)
+    return paths
+
+
+TASK_INPUTS = {"text": dict(text="a red circle"), "region": dict(region=[5, 5, 40, 30]), "none": {}}
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_every_task_gives_a_well_formed_result(predictor, images, task):
+    spec = TASKS[task]
+    result = predictor.predict(images[0], task, max_new_tokens=12, **TASK_INPUTS[spec.input])
+    assert list(result) == [task]
+    value = result[task]
+    if spec.result_type == "pure_text":
+        assert isinstance(value, str)
+    else:
+        assert isinstance(value, dict)
+        lists = [v for v in value.values()]
+        assert all(isinstance(v, list) for v in lists)
+
+
+def test_batch_equals_one_at_a_time(predictor, images):
+    batch = predictor.predict(images, "<OD>", max_new_tokens=15, batch_size=3)
+    single = [predictor.predict(p, "<OD>", max_new_tokens=15) for p in images]
+    assert batch == single
+
+
+def test_save_and_reload_gives_the_same_predictions(predictor, images, tmp_path):
+    predictor.save_pretrained(tmp_path / "again")
+    again = Florence2.from_pretrained(tmp_path / "again")
+    assert again.predict(images[1], "<CAPTION>", max_new_tokens=10) == predictor.predict(
+        images[1], "<CAPTION>", max_new_tokens=10
+    )
+
+
+def test_input_errors(predictor, images):
+    with pytest.raises(TaskError, match="unknown task"):
+        predictor.predict(images[0], "<NOT_A_TASK>")
+    with pytest.raises(TaskError, match="takes no input"):
+        predictor.predict(images[0], "<OD>", text="extra")
+    with pytest.raises(TaskError, match="only .* fit"):
+        predictor.predict(images[0], "<CAPTION_TO_PHRASE_GROUNDING>", text="red circle " * 200)
+
+
+def test_generate_returns_ids_starting_with_the_decoder_start(predictor, images):
+    pv = predictor.processor.image_processor(images[:2])
+    ids, mask = predictor.processor.tokenizer(["What does the image describe?", "Hi"])
+    out = predictor.model.generate(pv, ids, attention_mask=mask, max_new_tokens=5)
+    assert out.shape[0] == 2 and bool((out[:, 0] == 2).all())
+    assert out.dtype == torch.long
+
+
+def test_cli_predict_writes_json_and_annotated_image(checkpoint, images, tmp_path, capsys):
+    out_png = tmp_path / "drawn.png"
+    code = main(
+        [
+            "predict",
+            str(images[0]),
+            "--task",
+            "OD",
+            "--model",
+            str(checkpoint),
+            "--json",
+            "--draw",
+            str(out_png),
+            "--max-new-tokens",
+            "12",
+        ]
+    )
+    assert code == 0
+    record = json.loads(capsys.readouterr().out.strip())
+    assert record["image"] == str(images[0]) and record["width"] == 80 and "<OD>" in record["results"]
+    assert Image.open(out_png).size == (80, 60)
+
+
+def test_cli_folder_several_tasks_and_a_bad_image(checkpoint, images, tmp_path, capsys):
+    (images[0].parent / "broken.png").write_bytes(b"not an image")
+    code = main(
+        [
+            "predict",
+            str(images[0].parent),
+            "--task",
+            "CAPTION",
+            "--task",
+            "REGION_PROPOSAL",
+            "--model",
+            str(checkpoint),
+            "--json",
+            "--draw",
+            str(tmp_path / "drawn"),
+            "--max-new-tokens",
+            "8",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 1 and "broken.png" in captured.err
+    lines = [json.loads(line) for line in captured.out.strip().splitlines()]
+    assert len(lines) == 3 and all(set(r["results"]) == {"<CAPTION>", "<REGION_PROPOSAL>"} for r in lines)
+    assert len(list((tmp_path / "drawn").glob("*.png"))) == 6
+    (images[0].parent / "broken.png").unlink()
+
+
+def test_cli_tasks_lists_every_task(capsys):
+    assert main(["tasks", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["task"] for r in rows] == list(TASKS)
+
+
+def test_cli_rejects_unknown_task(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "x.png", "--task", "NOPE"])
+    assert "unknown task" in capsys.readouterr().err
