@@ -16,3 +16,7 @@ class CheckpointError(Florence2Error, ValueError):
 
 class TaskError(Florence2Error, ValueError):
     """A task name, task input or prompt is not valid."""
+
+
+class AnnotationError(Florence2Error, ValueError):
+    """An annotation record or dataset file is malformed; the message names the file, line and field."""
