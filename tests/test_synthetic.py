@@ -19,7 +19,6 @@ from florence2.data.synthetic import (
     COLORS,
     SHAPES,
     SIZES,
-    AnnotationError,
     SyntheticWorld,
     WorldConfig,
     generate_scene,
@@ -27,6 +26,7 @@ from florence2.data.synthetic import (
     validate_record,
     write_split,
 )
+from florence2.errors import AnnotationError
 
 CONFIG = WorldConfig(image_size=192, max_objects=5, text_probability=0.8)
 SEED = 7

@@ -1,7 +1,7 @@
-"""Data for florence2: the synthetic world the embedded model is trained on, and dataset formats."""
+"""Data for florence2: the synthetic world the embedded model is trained on, and task samples."""
 
+from florence2.data.samples import Sample, TaskMixture, all_samples, build_samples
 from florence2.data.synthetic import (
-    AnnotationError,
     SyntheticWorld,
     WorldConfig,
     generate_scene,
@@ -9,11 +9,16 @@ from florence2.data.synthetic import (
     validate_record,
     write_split,
 )
+from florence2.errors import AnnotationError
 
 __all__ = [
     "AnnotationError",
+    "Sample",
     "SyntheticWorld",
+    "TaskMixture",
     "WorldConfig",
+    "all_samples",
+    "build_samples",
     "generate_scene",
     "read_split",
     "validate_record",
