@@ -94,13 +94,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             progress.update(len(batch_paths))
             continue
         pil_images = [img for _, _, img in loaded]
-        per_image: list[dict[str, Any]] = [{} for _ in loaded]
-        for task in tasks:
-            results = predictor.predict(
-                pil_images, task, text=args.text, region=args.region, batch_size=args.batch_size, **decoding
-            )
-            for slot, result in zip(per_image, results):
-                slot.update(result)
+        per_image = predictor.predict(
+            pil_images, tasks, text=args.text, region=args.region, batch_size=args.batch_size, **decoding
+        )
         for (index, path, image), results in zip(loaded, per_image):
             record = {"image": str(path), "width": image.width, "height": image.height, "results": results}
             if args.json:

@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
-from florence2.errors import CheckpointError
+from florence2.errors import CheckpointError, TaskError
 from florence2.generation import DecodingOptions, generate
 from florence2.image import ImageSource
 from florence2.model.florence2 import Florence2Model
 from florence2.processor import Florence2Processor
+from florence2.tasks import get_task
 from florence2.weights import load_model, resolve_checkpoint, save_model
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "model"
@@ -91,7 +92,7 @@ class Florence2:
     def predict(
         self,
         image: ImageSource | Sequence[ImageSource],
-        task: str | None = "<CAPTION>",
+        task: str | Sequence[str] | None = "<CAPTION>",
         text: str | None = None,
         region: Sequence[float] | None = None,
         *,
@@ -99,41 +100,64 @@ class Florence2:
         progress: bool = False,
         **decoding: Any,
     ) -> dict[str, Any] | list[dict[str, Any]]:
-        """Run ``task`` on one image (returns a result dict) or a list of images (a list of them).
+        """Run tasks on one image (returns a result dict) or a list of images (a list of them).
 
-        task: a task token (``"<OD>"``, ``"OD"``, ``"od"``) or None for a free prompt in ``text``.
+        task: a task token (``"<OD>"``, ``"OD"``, ``"od"``), None for a free prompt in ``text``, or
+            a list of tasks: the vision encoder then runs once per image for all of them and their
+            results share one dict. With several tasks, ``text`` goes to the tasks that take text
+            and ``region`` to those that take a region.
         text: the task's text input (grounding, referring segmentation, open-vocabulary detection).
         region: the task's region input, an XYXY box in pixels of the original image.
         decoding: :class:`~florence2.generation.DecodingOptions` fields (``num_beams``, ...).
         Results follow the official format, coordinates in float pixels of the original image.
         """
+        tasks = [task] if task is None or isinstance(task, str) else list(task)
+        if not tasks:
+            raise TaskError("no task given")
+        requests = [(t, *_inputs_for(t, text, region, len(tasks) > 1)) for t in tasks]
         single = not isinstance(image, (list, tuple))
         images = [image] if single else list(image)
         options = self.decoding_options(**decoding)
         chunks = list(_chunks(images, max(1, batch_size)))
         results: list[dict[str, Any]] = []
         for chunk in _progress(chunks, progress, total_items=len(images)):
-            results.extend(self._predict_batch(chunk, task, text, region, options))
+            results.extend(self._predict_batch(chunk, requests, options))
         return results[0] if single else results
 
     def _predict_batch(
         self,
         images: Sequence[ImageSource],
-        task: str | None,
-        text: str | None,
-        region: Sequence[float] | None,
+        requests: list[tuple[str | None, str | None, Sequence[float] | None]],
         options: DecodingOptions,
     ) -> list[dict[str, Any]]:
         pixel_values, sizes = self.processor.image_processor.preprocess(list(images))
-        prompts = [self.processor.build_prompt(task, text, region, size) for size in sizes]
-        input_ids, mask = self.processor.tokenize(prompts, self.num_image_tokens)
+        results: list[dict[str, Any]] = [{} for _ in sizes]
         device = self.model.device
         with torch.inference_mode():
-            features = self.model.encode_image(pixel_values.to(device))
-            memory, memory_mask = self.model.encode(features, input_ids.to(device), mask.to(device))
-            out = generate(self.model, memory, memory_mask, options)
-        texts = self.processor.batch_decode(out.sequences.cpu())
-        return [self.processor.post_process_generation(t, task, size) for t, size in zip(texts, sizes)]
+            features = self.model.encode_image(pixel_values.to(device))  # once for every task
+            for task, text, region in requests:
+                prompts = [self.processor.build_prompt(task, text, region, size) for size in sizes]
+                input_ids, mask = self.processor.tokenize(prompts, self.num_image_tokens)
+                memory, memory_mask = self.model.encode(features, input_ids.to(device), mask.to(device))
+                out = generate(self.model, memory, memory_mask, options)
+                texts = self.processor.batch_decode(out.sequences.cpu())
+                for result, answer, size in zip(results, texts, sizes):
+                    result.update(self.processor.post_process_generation(answer, task, size))
+        return results
+
+
+def _inputs_for(
+    task: str | None, text: str | None, region: Sequence[float] | None, several: bool
+) -> tuple[str | None, Sequence[float] | None]:
+    """The (text, region) input one task of a request gets."""
+    if not several or task is None:
+        return text, region
+    kind = get_task(task).input
+    if kind == "none":
+        return None, None
+    if kind == "text":
+        return text, None
+    return (text if region is None else None), region
 
 
 def _progress(chunks: list, enabled: bool, total_items: int) -> Any:

@@ -149,3 +149,19 @@ def test_cli_rejects_unknown_task(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "x.png", "--task", "NOPE"])
     assert "unknown task" in capsys.readouterr().err
+
+
+def test_several_tasks_share_one_vision_encoding(predictor, images, monkeypatch):
+    calls = []
+    original = predictor.model.encode_image
+    monkeypatch.setattr(predictor.model, "encode_image", lambda px: calls.append(px.shape[0]) or original(px))
+    tasks = ["<CAPTION>", "<OD>", "<CAPTION_TO_PHRASE_GROUNDING>", "<REGION_TO_CATEGORY>"]
+    both = predictor.predict(images[:2], tasks, text="a red circle", region=[5, 5, 40, 30], max_new_tokens=10)
+    assert calls == [2]  # one batched vision pass for four tasks
+    monkeypatch.undo()
+    for image, merged in zip(images[:2], both):
+        assert list(merged) == tasks
+        for task in tasks:
+            spec = TASKS[task]
+            alone = predictor.predict(image, task, max_new_tokens=10, **TASK_INPUTS[spec.input])
+            assert merged[task] == alone[task]
