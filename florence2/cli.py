@@ -1,4 +1,4 @@
-"""Command line: ``florence2 predict``, ``florence2 tasks``.
+"""Command line: ``florence2 predict``, ``florence2 train``, ``florence2 eval``, ``florence2 tasks``.
 
 ``florence2 predict IMAGE... --task OD [--task CAPTION] [--text T | --region x0,y0,x1,y1] [--model PATH]
 [--json] [--draw OUT]`` prints results (one JSON object per image and line with ``--json``) and draws
@@ -171,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress bar on stderr (default: when it is a terminal)",
     )
     p.set_defaults(func=cmd_predict)
+
+    from florence2.eval.cli import add_eval_parser
+    from florence2.train.cli import add_train_parser
+
+    add_train_parser(sub)
+    add_eval_parser(sub)
 
     t = sub.add_parser("tasks", help="list the tasks and their prompts")
     t.add_argument("--json", action="store_true")

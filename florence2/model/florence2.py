@@ -94,6 +94,27 @@ class Florence2Model(nn.Module):
         self.multi_modal_projector = Projector(config.vision, config.projection_dim)
         self.language_model = LanguageModel(config.text)
 
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> Florence2Model:
+        """Initialise for training from scratch (BART/DaViT practice): linear and embedding weights
+        ~ N(0, std), biases 0, LayerNorms 1/0, convolutions PyTorch's default; the temporal table is fixed.
+        PyTorch's default N(0, 1) embeddings would make the tied output head's logits huge."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.normal_(0.0, std)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+            elif isinstance(module, nn.Conv2d):
+                module.reset_parameters()
+        pad = self.config.text.pad_token_id
+        self.language_model.shared.weight[pad].zero_()
+        table = self.multi_modal_projector.visual_temporal_embed.pos_idx_to_embed
+        table.copy_(sinusoid_table(*table.shape))
+        return self
+
     @property
     def device(self) -> torch.device:
         return self.language_model.shared.weight.device

@@ -1,0 +1,239 @@
+"""``florence2 train``: train on the synthetic world, from a checkpoint (``--model``) or a fresh tiny model.
+
+    florence2 train --out runs/tiny --steps 2000 --batch-size 32 [--tasks CAPTION=2,OD=1,...]
+    florence2 train --out runs/tiny --steps 4000 --resume          # continue after an interruption
+    torchrun --nproc-per-node 4 -m florence2.cli train --out runs/tiny ...   # DDP, same command
+
+Samples come from :mod:`florence2.data.samples` (a weighted task mixture) when it is installed,
+otherwise from the brief captions alone. Scene ``i`` of the world is global sample ``i``, so the
+data order is fixed by ``--seed`` and survives ``--resume`` and any number of processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from florence2.config import Florence2Config, TextConfig, VisionConfig
+from florence2.data.synthetic import SyntheticWorld, WorldConfig
+from florence2.errors import TaskError
+from florence2.image import ImageProcessor
+from florence2.model.florence2 import Florence2Model
+from florence2.processor import Florence2Processor
+from florence2.tasks import TASKS, build_prompt, get_task
+from florence2.tokenizer import train_bpe_tokenizer
+
+_SPECIAL = re.compile(r"<[^<>]+>")
+_EVAL_ITEMS = 32
+_TOKENIZER_SCENES = 300
+
+
+def tiny_model_config(vocab_size: int, max_positions: int = 512) -> Florence2Config:
+    """A small Florence-2 (about 3M parameters) for training from scratch on the synthetic world."""
+    vision = VisionConfig(
+        embed_dims=(32, 64, 128),
+        depths=(1, 1, 2),
+        num_heads=(2, 4, 8),
+        num_groups=(2, 4, 8),
+        patch_size=(7, 3, 3),
+        patch_stride=(4, 2, 2),
+        patch_padding=(3, 1, 1),
+        patch_prenorm=(False, True, True),
+        window_size=4,
+        drop_path_rate=0.0,
+    )
+    text = TextConfig(
+        vocab_size=vocab_size,
+        d_model=128,
+        encoder_layers=3,
+        decoder_layers=3,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=512,
+        decoder_ffn_dim=512,
+        max_position_embeddings=max_positions,
+        # the synthetic stream never repeats a sample: no dropout needed
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+    )
+    return Florence2Config(vision=vision, text=text, image_token_id=vocab_size)
+
+
+def parse_task_weights(text: str | None) -> dict[str, float] | None:
+    """``"CAPTION=2,OD,OCR=0.5"`` -> ``{"<CAPTION>": 2.0, "<OD>": 1.0, "<OCR>": 0.5}``; None: every task."""
+    if not text:
+        return None
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, weight = part.partition("=")
+        try:
+            weights[get_task(name).token] = float(weight) if weight else 1.0
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"bad task weight {part!r}") from e
+        except TaskError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+    return weights
+
+
+def synthetic_item_fn(world: SyntheticWorld, weights: dict[str, float] | None, seed: int) -> Callable[[int], dict]:
+    """``get_item(i)``: scene ``i`` of ``world`` as one training item of a task drawn from the
+    mixture (seeded by ``(seed, i)``, so any item can be rebuilt on its own)."""
+    try:
+        from florence2.data.samples import TaskMixture
+    except ImportError:  # the sample builder is optional here: captions only
+        TaskMixture = None
+    weights = weights or {token: 1.0 for token in TASKS}
+    caption_prompt = build_prompt("<CAPTION>")
+
+    def get_item(index: int) -> dict[str, Any]:
+        image, record = world.scene(index)
+        if TaskMixture is not None:
+            item_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+            sample = TaskMixture(weights, seed=item_seed).draw(record)
+            if sample is not None:
+                return {"image": image, "prompt": sample.prompt, "target": sample.target}
+        return {"image": image, "prompt": caption_prompt, "target": record["captions"]["brief"]}
+
+    return get_item
+
+
+def by_target_length(source: Callable[..., list]) -> Callable[..., list]:
+    """Order each step's items by target length, so that micro-batches (``--grad-accum``) hold
+    targets of similar length and pad less. The step's set of items, hence its loss, is unchanged."""
+
+    def sorted_source(step: int, rank: int, world_size: int, batch_size_per_rank: int) -> list:
+        items = source(step, rank, world_size, batch_size_per_rank)
+        return sorted(items, key=lambda item: len(item["target"]))
+
+    return sorted_source
+
+
+def _tokenizer_corpus(world: SyntheticWorld) -> list[str]:
+    texts = [spec.prompt.replace("{input}", "") for spec in TASKS.values()]
+    try:
+        from florence2.data.samples import all_samples
+    except ImportError:
+        all_samples = None
+    for index in range(_TOKENIZER_SCENES):
+        _, record = world.scene(index)
+        texts.extend(record["captions"].values())
+        texts.extend(t["text"] for t in record["texts"])
+        if all_samples is not None:
+            # location and other special tokens are added to the vocabulary whole: keep them out
+            texts.extend(_SPECIAL.sub(" ", s.target) for s in all_samples(record))
+    return texts
+
+
+def build_tiny(
+    world: SyntheticWorld, image_size: int, vocab_size: int, seed: int
+) -> tuple[Florence2Model, Florence2Processor]:
+    """A fresh tiny model and a processor whose tokenizer is trained on the world's texts."""
+    tokenizer = train_bpe_tokenizer(_tokenizer_corpus(world), vocab_size=vocab_size)
+    config = tiny_model_config(tokenizer.vocab_size)
+    processor = Florence2Processor(
+        tokenizer, ImageProcessor(size=(image_size, image_size)), config.text.max_position_embeddings
+    )
+    torch.manual_seed(seed)
+    return Florence2Model(config).init_weights(), processor
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from florence2.pipeline import Florence2
+    from florence2.train.distributed import cleanup_distributed
+    from florence2.train.trainer import (
+        CHECKPOINT_NAME,
+        TRAINER_STATE,
+        TrainConfig,
+        Trainer,
+        indexed_source,
+        make_loss_eval,
+    )
+
+    out = Path(args.out)
+    world = SyntheticWorld(
+        WorldConfig(image_size=args.scene_size, min_objects=args.min_objects, max_objects=args.max_objects),
+        seed=args.seed,
+    )
+    checkpoint = out / CHECKPOINT_NAME
+    if args.resume and (checkpoint / TRAINER_STATE).is_file():
+        # architecture and tokenizer as saved; the trainer restores weights and optimizer state
+        predictor = Florence2.from_pretrained(checkpoint)
+        model, processor = predictor.model, predictor.processor
+    elif args.model:
+        predictor = Florence2.from_pretrained(args.model)
+        model, processor = predictor.model, predictor.processor
+    else:
+        model, processor = build_tiny(world, args.image_size, args.vocab_size, args.seed)
+    if args.freeze_vision:
+        model.vision_tower.requires_grad_(False)
+    lr = args.lr if args.lr is not None else (1e-5 if args.model else 1e-3)  # fine-tuning vs from scratch
+    config = TrainConfig(
+        out_dir=str(out),
+        total_steps=args.steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr=lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup if args.warmup is not None else args.steps // 20,
+        clip_norm=args.clip_norm if args.clip_norm > 0 else None,
+        eval_every=args.eval_every,
+        save_every=args.save_every,
+        log_every=args.log_every,
+        seed=args.seed,
+        device=args.device,
+        progress=args.progress,
+    )
+    get_item = synthetic_item_fn(world, args.tasks, args.seed)
+    eval_fn = None
+    if args.eval_every:
+        held_out = SyntheticWorld(world.config, seed=args.seed + 1)
+        eval_items = [synthetic_item_fn(held_out, args.tasks, args.seed + 1)(i) for i in range(_EVAL_ITEMS)]
+        eval_fn = make_loss_eval(eval_items, processor, batch_size=min(args.batch_size, 16))
+    trainer = Trainer(model, processor, by_target_length(indexed_source(get_item)), config, eval_fn=eval_fn)
+    try:
+        trainer.train(resume=args.resume)
+    finally:
+        cleanup_distributed()
+    if trainer.dist.is_main:
+        print(f"checkpoint: {trainer.checkpoint_dir}", file=sys.stderr)
+    return 0
+
+
+def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``train`` to the ``florence2`` command's subparsers; ``args.func`` is :func:`cmd_train`."""
+    p = subparsers.add_parser("train", help="train on the synthetic world (1 process or torchrun)")
+    p.add_argument("--out", required=True, help="run folder: metrics.jsonl, metrics.png, checkpoint-last/")
+    init = p.add_mutually_exclusive_group()
+    init.add_argument("--model", help="start from this checkpoint (either public layout)")
+    init.add_argument("--config", choices=["tiny"], default="tiny", help="a fresh model of this size (default)")
+    p.add_argument("--steps", type=int, default=1000, help="optimizer steps in all (default 1000)")
+    p.add_argument("--batch-size", type=int, default=16, help="global batch over all processes (default 16)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 fresh, 1e-5 with --model)")
+    p.add_argument("--warmup", type=int, help="linear warm-up steps (default steps / 20)")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--clip-norm", type=float, default=1.0, help="gradient norm clip; 0 turns it off")
+    p.add_argument("--eval-every", type=int, default=0, help="held-out loss every N steps (0: never)")
+    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last if it exists")
+    p.add_argument("--seed", type=int, default=0, help="seeds the data order, the init and dropout")
+    p.add_argument("--tasks", type=parse_task_weights, help="task weights, e.g. CAPTION=2,OD=1 (default: all, 1)")
+    p.add_argument("--scene-size", type=int, default=128, help="synthetic scene side, pixels")
+    p.add_argument("--min-objects", type=int, default=1, help="fewest shapes per synthetic scene")
+    p.add_argument("--max-objects", type=int, default=4, help="most shapes per synthetic scene")
+    p.add_argument("--image-size", type=int, default=128, help="model input side of a fresh model, pixels")
+    p.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary of a fresh model's tokenizer")
+    p.add_argument("--freeze-vision", action="store_true", help="train the language side only")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(func=cmd_train)
+    return p

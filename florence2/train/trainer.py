@@ -1,0 +1,516 @@
+"""The training loop: AdamW, warm-up + cosine LR, gradient accumulation and clipping, DDP, exact resume.
+
+>>> trainer = Trainer(model, processor, source, TrainConfig(out_dir="runs/tiny", total_steps=1000))
+>>> trainer.train(resume=True)       # continues from runs/tiny/checkpoint-last if it exists
+
+Data comes from ``source(step, rank, world_size, batch_size_per_rank) -> list[item]``, a pure
+function of its arguments: each item is ``{"image": PIL image or path, "prompt": str, "target": str}``
+(or an object with those attributes). Rank r takes items ``[r*b, (r+1)*b)`` of the step's global batch
+(:func:`indexed_source` builds such a source from ``get_item(global_index)``), so
+
+* resuming is continuing from a step number: no data-loader state to save;
+* N processes with the same global batch see exactly the items one process sees.
+
+The loss is the cross-entropy summed over every target token of the global batch (all ranks, all
+accumulation micro-steps) divided by the number of those tokens, so 1 process, N processes and any
+accumulation split compute the same loss and gradient. Dropout is seeded per (seed, step, rank,
+micro-step), so a resumed run draws the same masks as an uninterrupted one.
+
+Output folder::
+
+    metrics.jsonl          one JSON object per logged step: step, loss, lr, grad_norm, samples_per_s,
+                           elapsed, and eval/<name> for each metric of eval_fn
+    metrics.png            curves of the above
+    train_config.json      the TrainConfig
+    checkpoint-last/       native transformers layout (config, model.safetensors, tokenizer,
+                           preprocessor) + trainer_state.pt, replaced atomically at each save
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from florence2.model.florence2 import Florence2Model
+from florence2.processor import Florence2Processor
+from florence2.train.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed
+from florence2.train.plot import plot_metrics
+
+Item = Any  # {"image", "prompt", "target"} mapping or an object with those attributes
+TrainSource = Callable[[int, int, int, int], Sequence[Item]]
+EvalFn = Callable[[Florence2Model, int], dict[str, float]]
+
+CHECKPOINT_NAME = "checkpoint-last"
+TRAINER_STATE = "trainer_state.pt"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "metrics.png"
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping settings.
+
+    batch_size: the global batch, summed over ranks and accumulation micro-steps; it must divide by
+        ``world_size * grad_accum``.
+    warmup_steps, total_steps: the LR rises linearly over the warm-up, then follows a cosine from
+        ``lr`` down to ``lr * min_lr_ratio`` at ``total_steps`` (see :func:`lr_at`).
+    clip_norm: clip the global gradient norm to this (None: no clipping; the norm is still logged).
+    eval_every, save_every, log_every: in optimizer steps; 0 turns evaluation off, and saves happen
+        only at the end. The last step always saves (and evaluates, when eval_every > 0).
+    bf16: autocast to bfloat16 on CUDA; the CPU always runs in float32.
+    device: None: ``cuda:LOCAL_RANK`` when available, else CPU.
+    max_target_length: targets are cut to this many tokens (None: the decoder's position limit).
+    """
+
+    out_dir: str = "runs/florence2"
+    total_steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    clip_norm: float | None = 1.0
+    eval_every: int = 0
+    save_every: int = 0
+    log_every: int = 10
+    seed: int = 0
+    bf16: bool = True
+    device: str | None = None
+    progress: bool = True
+    max_target_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.total_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("total_steps, batch_size and grad_accum must be positive")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size {self.batch_size} must divide by grad_accum {self.grad_accum}")
+        if min(self.eval_every, self.save_every, self.warmup_steps) < 0 or self.log_every < 1:
+            raise ValueError("eval_every, save_every and warmup_steps must be >= 0 and log_every >= 1")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def _field(item: Item, name: str) -> Any:
+    return item[name] if isinstance(item, dict) else getattr(item, name)
+
+
+def collate(
+    items: Sequence[Item],
+    processor: Florence2Processor,
+    num_image_tokens: int | None = None,
+    max_target_length: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Items -> the keyword arguments of ``Florence2Model.forward``.
+
+    Returns ``pixel_values`` (B, 3, H, W); ``input_ids`` and ``attention_mask`` (B, T): the prompts
+    as the tokenizer encodes them (``<s> prompt </s>``), right-padded; ``labels`` (B, L): the targets
+    likewise (``<s> target </s>``), -100 on padding. The model shifts labels into decoder inputs.
+    ``num_image_tokens`` checks that every prompt fits beside the image tokens.
+    """
+    if not items:
+        raise ValueError("collate needs at least one item")
+    pixel_values = processor.image_processor.preprocess([_field(it, "image") for it in items]).pixel_values
+    prompts = [_field(it, "prompt") for it in items]
+    if num_image_tokens is None:
+        input_ids, attention_mask = processor.tokenizer(prompts)
+    else:
+        input_ids, attention_mask = processor.tokenize(prompts, num_image_tokens)
+    target_ids, target_mask = processor.tokenizer([_field(it, "target") for it in items])
+    labels = target_ids.masked_fill(target_mask == 0, IGNORE_INDEX)
+    limit = max_target_length or processor.max_positions
+    return {
+        "pixel_values": pixel_values,
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels[:, :limit],
+    }
+
+
+def indexed_source(get_item: Callable[[int], Item]) -> TrainSource:
+    """A train source from ``get_item(i)`` over an endless sequence: step s's global batch is items
+    ``s*B ... (s+1)*B - 1`` with B = world_size * batch_size_per_rank; rank r takes its r-th slice."""
+
+    def source(step: int, rank: int, world_size: int, batch_size_per_rank: int) -> list[Item]:
+        start = (step * world_size + rank) * batch_size_per_rank
+        return [get_item(start + i) for i in range(batch_size_per_rank)]
+
+    return source
+
+
+# --- optimisation --------------------------------------------------------------------------------
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices and conv kernels; none on biases, LayerNorm and
+    embeddings (token, position). Parameters with ``requires_grad=False`` (frozen) are left out."""
+    exempt = {
+        id(p) for m in model.modules() if isinstance(m, (nn.Embedding, nn.LayerNorm)) for p in m.parameters(False)
+    }
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if id(p) in exempt or p.ndim < 2 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up to ``lr`` over
+    ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio`` at ``total_steps``. A pure function
+    of the step, so the schedule has no state to save."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(1, config.total_steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    floor = config.lr * config.min_lr_ratio
+    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def step_seed(seed: int, step: int, rank: int, micro_step: int) -> int:
+    """The torch seed of one micro-step's random draws (dropout, drop path)."""
+    return int(np.random.SeedSequence([seed, step, rank, micro_step]).generate_state(1)[0])
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- the trainer ---------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Trains ``model`` on items from ``train_source`` (see the module docstring).
+
+    Under ``torchrun`` (RANK / WORLD_SIZE set) it opens the process group and wraps the model in
+    DistributedDataParallel; rank 0 alone logs, plots and saves. ``eval_fn(model, step) -> dict``
+    runs on every rank with the unwrapped model in eval mode under ``torch.no_grad`` (a rank may
+    evaluate a shard and all-reduce); rank 0's numbers are logged as ``eval/<name>``.
+    """
+
+    def __init__(
+        self,
+        model: Florence2Model,
+        processor: Florence2Processor,
+        train_source: TrainSource,
+        config: TrainConfig,
+        eval_fn: EvalFn | None = None,
+    ) -> None:
+        self.config = config
+        self.processor = processor
+        self.train_source = train_source
+        self.eval_fn = eval_fn
+        self.dist: DistInfo = setup_distributed(config.device)
+        world = self.dist.world_size
+        if config.batch_size % (world * config.grad_accum):
+            raise ValueError(
+                f"batch_size {config.batch_size} must divide by world_size {world} x grad_accum {config.grad_accum}"
+            )
+        self.batch_size_per_rank = config.batch_size // world
+        self.micro_batch_size = self.batch_size_per_rank // config.grad_accum
+        self.device = self.dist.device
+        self.model = model.to(self.device).train()
+        self.num_image_tokens = model.config.num_image_tokens(processor.image_size)
+        self.wrapped: nn.Module = model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # depthwise conv kernels (C, 1, k, k) get gradients whose stride differs from DDP's bucket
+            # only along the size-1 axis: the same memory layout, so the warning is noise
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(model, device_ids=device_ids)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, eps=config.eps
+        )
+        self.autocast = self.device.type == "cuda" and config.bf16
+        self.out_dir = Path(config.out_dir)
+        self.step = 0  # optimizer steps done
+        self.history: list[dict[str, Any]] = []  # records logged by this process
+        self._window: list[float] = []  # losses since the last log line
+        self._window_start = 0  # step of the previous log line
+        self._elapsed_before = 0.0  # seconds spent before a resume
+        self._run_start = self._window_time = time.perf_counter()
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    # --- one step ---
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """Run optimizer step ``step`` (0-based); returns the global mean token loss, lr and grad norm."""
+        cfg, dist_info = self.config, self.dist
+        items = list(self.train_source(step, dist_info.rank, dist_info.world_size, self.batch_size_per_rank))
+        if len(items) != self.batch_size_per_rank:
+            raise ValueError(
+                f"train_source gave {len(items)} items for step {step}, expected {self.batch_size_per_rank}"
+            )
+        m = self.micro_batch_size
+        batches = [
+            collate(items[i * m : (i + 1) * m], self.processor, self.num_image_tokens, cfg.max_target_length)
+            for i in range(cfg.grad_accum)
+        ]
+        local_tokens = torch.stack([(b["labels"] != IGNORE_INDEX).sum() for b in batches]).to(self.device)
+        if bool((local_tokens == 0).any()):
+            raise ValueError(f"a micro-batch of step {step} has no target tokens")
+        total_tokens = all_reduce_sum(local_tokens.sum().double())
+        lr = lr_at(step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for i, batch in enumerate(batches):
+            torch.manual_seed(step_seed(cfg.seed, step, dist_info.rank, i))
+            last = i == cfg.grad_accum - 1
+            sync = contextlib.nullcontext() if last or not dist_info.enabled else self.wrapped.no_sync()
+            with sync:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                    out = self.wrapped(**{k: v.to(self.device) for k, v in batch.items()})
+                # the model's loss is the mean over this micro-batch's tokens: back to a sum, then
+                # over the global token count; DDP averages gradients over ranks, hence * world_size
+                token_loss_sum = out.loss * local_tokens[i]
+                (token_loss_sum * (dist_info.world_size / total_tokens.float())).backward()
+            loss_sum += token_loss_sum.detach().double()
+        max_norm = cfg.clip_norm if cfg.clip_norm is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = all_reduce_sum(loss_sum) / total_tokens
+        return {"loss": float(loss), "lr": lr, "grad_norm": float(grad_norm)}
+
+    # --- the loop ---
+
+    def train(self, resume: bool | str = False) -> list[dict[str, Any]]:
+        """Train up to ``config.total_steps``. ``resume``: True continues from ``out_dir/checkpoint-last``
+        when it exists (else starts afresh), a path continues from that checkpoint folder.
+        Returns the records logged by this call (the same global numbers on every rank)."""
+        cfg, main = self.config, self.dist.is_main
+        if resume:
+            folder = self.checkpoint_dir if resume is True else Path(resume)
+            if (folder / TRAINER_STATE).is_file():
+                self.load_checkpoint(folder)
+            elif resume is not True:
+                raise FileNotFoundError(f"no {TRAINER_STATE} in {folder}")
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            config_text = json.dumps(dataclasses.asdict(cfg), indent=2)
+            (self.out_dir / "train_config.json").write_text(config_text + "\n")
+            self._truncate_metrics(self.step)
+        self._run_start = self._window_time = time.perf_counter()
+        self._window_start = self.step
+        bar = _ProgressBar(cfg.total_steps, self.step, enabled=main and cfg.progress)
+        try:
+            for step in range(self.step, cfg.total_steps):
+                stats = self.train_step(step)
+                self.step = done = step + 1
+                self._window.append(stats["loss"])
+                last = done == cfg.total_steps
+                record = self._log_record(done, stats) if done % cfg.log_every == 0 or last else {}
+                evaluated = cfg.eval_every > 0 and (done % cfg.eval_every == 0 or last)
+                if evaluated:
+                    record = {"step": done, **record, **{f"eval/{k}": v for k, v in self.evaluate(done).items()}}
+                if record:
+                    self.history.append(record)
+                    if main:
+                        bar.log(record)
+                        self._append_metrics(record)
+                saving = (cfg.save_every > 0 and done % cfg.save_every == 0) or last
+                if saving:
+                    self.save_checkpoint()
+                if main and (evaluated or saving):
+                    self.plot()
+                bar.update(stats)
+        finally:
+            bar.close()
+        return self.history
+
+    def _elapsed(self) -> float:
+        """Training seconds, those before a resume included."""
+        return self._elapsed_before + time.perf_counter() - self._run_start
+
+    def _log_record(self, done: int, stats: dict[str, float]) -> dict[str, Any]:
+        """The log line of step ``done``: mean loss and throughput since the previous line."""
+        now = time.perf_counter()
+        samples = (done - self._window_start) * self.config.batch_size
+        record = {
+            "step": done,
+            "loss": sum(self._window) / len(self._window),
+            "lr": stats["lr"],
+            "grad_norm": stats["grad_norm"],
+            "samples_per_s": samples / max(now - self._window_time, 1e-9),
+            "elapsed": self._elapsed(),
+        }
+        self._window, self._window_time, self._window_start = [], now, done
+        return record
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        if self.eval_fn is None:
+            return {}
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                metrics = self.eval_fn(self.model, step)
+        finally:
+            self.model.train()
+        return {k: float(v) for k, v in metrics.items()}
+
+    # --- files ---
+
+    def _append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.out_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop log lines past ``step``: steps a crashed run logged after its last checkpoint."""
+        path = self.out_dir / METRICS_FILE
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        path = self.out_dir / METRICS_FILE
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def plot(self) -> Path:
+        return plot_metrics(self.read_metrics(), self.out_dir / PLOT_FILE)
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            # the LR is a pure function of the step (lr_at); these settings reproduce it
+            "scheduler": {
+                "schedule": "linear_warmup_cosine",
+                "lr": self.config.lr,
+                "warmup_steps": self.config.warmup_steps,
+                "total_steps": self.config.total_steps,
+                "min_lr_ratio": self.config.min_lr_ratio,
+            },
+            "rng": _rng_state(),
+            "loss_window": list(self._window),
+            "elapsed": self._elapsed(),
+            "world_size": self.dist.world_size,
+            "config": json.loads(json.dumps(dataclasses.asdict(self.config))),
+        }
+
+    def save_checkpoint(self, folder: str | Path | None = None) -> Path:
+        """Rank 0 writes the model (native transformers layout), tokenizer, preprocessor config and
+        ``trainer_state.pt`` into a temporary folder that then replaces ``folder`` in one rename."""
+        from florence2.weights import save_model
+
+        folder = Path(folder) if folder is not None else self.checkpoint_dir
+        if self.dist.is_main:
+            state = self.trainer_state()
+
+            def extra_files(tmp: Path) -> None:
+                self.processor.save_pretrained(tmp, self.num_image_tokens)
+                torch.save(state, tmp / TRAINER_STATE)
+
+            save_model(self.model, folder, extra_files=extra_files)
+        barrier()
+        return folder
+
+    def load_checkpoint(self, folder: str | Path) -> None:
+        """Restore weights, optimizer, step, loss window and RNG states from a checkpoint folder."""
+        from florence2.weights import convert_state_dict, load_state_dict_strict, read_weights
+
+        folder = Path(folder)
+        state = torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=True)
+        load_state_dict_strict(self.model, convert_state_dict(read_weights(folder)))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self._window = list(state.get("loss_window", []))
+        self._elapsed_before = float(state.get("elapsed", 0.0))
+        _set_rng_state(state["rng"])
+
+
+class _ProgressBar:
+    """tqdm on rank 0 when installed; otherwise one printed line per logged step."""
+
+    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            return
+        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, stats: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}", refresh=False)
+            self.bar.update(1)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Without tqdm print every record; with it only evaluation results (the bar shows the loss)."""
+        if not self.enabled or (self.bar is not None and not any(k.startswith("eval/") for k in record)):
+            return
+        text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def make_loss_eval(
+    items: Sequence[Item], processor: Florence2Processor, batch_size: int = 8, name: str = "loss"
+) -> EvalFn:
+    """An ``eval_fn`` giving the mean token cross-entropy of the model on fixed ``items``."""
+
+    def eval_fn(model: Florence2Model, step: int) -> dict[str, float]:
+        n_img = model.config.num_image_tokens(processor.image_size)
+        total, tokens = 0.0, 0
+        for start in range(0, len(items), batch_size):
+            batch = collate(items[start : start + batch_size], processor, n_img)
+            count = int((batch["labels"] != IGNORE_INDEX).sum())
+            out = model(**{k: v.to(model.device) for k, v in batch.items()})
+            total += float(out.loss) * count
+            tokens += count
+        return {name: total / max(tokens, 1)}
+
+    return eval_fn

@@ -1,0 +1,278 @@
+"""The trainer on tiny random models: loss bookkeeping, one real step, exact resume, 2-process DDP, CLI."""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from PIL import Image
+
+from florence2 import Florence2, Florence2Processor, ImageProcessor, load_model
+from florence2.model.florence2 import Florence2Model, shift_right
+from florence2.tasks import TASKS
+from florence2.tokenizer import train_bpe_tokenizer
+from florence2.train import TrainConfig, Trainer, collate, indexed_source, lr_at, param_groups
+from florence2.train.cli import add_train_parser
+from florence2.weights import read_weights
+from tests.checkpoints import tiny_config
+
+TARGETS = [
+    "a red circle",
+    "a blue square and a red circle",
+    "the text HELLO 42",
+    "two stars<loc_10><loc_20><loc_300><loc_400>",
+    "circle",
+]
+PROMPTS = [spec.prompt.replace("{input}", "a red circle") for spec in TASKS.values()]
+CORPUS = PROMPTS + TARGETS
+
+
+def make_item(index: int) -> dict:
+    """Item ``index`` of an endless, deterministic stream of small images, prompts and targets."""
+    size = (32 + 8 * (index % 3), 48 - 8 * (index % 2))
+    color = ((53 * index) % 256, (97 * index + 40) % 256, (31 * index + 120) % 256)
+    return {
+        "image": Image.new("RGB", size, color),
+        "prompt": PROMPTS[index % len(PROMPTS)],
+        "target": TARGETS[index % len(TARGETS)],
+    }
+
+
+def without_dropout(config):
+    return config.replace(
+        vision=dataclasses.replace(config.vision, drop_path_rate=0.0),
+        text=dataclasses.replace(config.text, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0),
+    )
+
+
+@pytest.fixture(scope="module")
+def processor():
+    tokenizer = train_bpe_tokenizer(CORPUS * 20, vocab_size=320)
+    return Florence2Processor(tokenizer, ImageProcessor(size=(64, 64)), max_positions=128)
+
+
+def new_model(processor, seed=0, dropout=True) -> Florence2Model:
+    config = tiny_config(vocab_size=processor.tokenizer.vocab_size)
+    torch.manual_seed(seed)
+    return Florence2Model(config if dropout else without_dropout(config))
+
+
+def config(out_dir, **changes) -> TrainConfig:
+    base = dict(out_dir=str(out_dir), total_steps=6, batch_size=4, lr=1e-3, warmup_steps=2, log_every=1)
+    return TrainConfig(**{**base, **changes, "progress": False})
+
+
+def losses(out_dir) -> list[float]:
+    return [json.loads(line)["loss"] for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+# --- batches and loss ----------------------------------------------------------------------------
+
+
+def test_collate_pads_prompts_and_masks_label_padding(processor):
+    items = [make_item(i) for i in range(3)]
+    batch = collate(items, processor, num_image_tokens=65)
+    assert batch["pixel_values"].shape == (3, 3, 64, 64)
+    tok = processor.tokenizer
+    for row, item in enumerate(items):
+        prompt, target = tok.encode(item["prompt"]), tok.encode(item["target"])
+        assert target[0] == tok.bos_token_id and target[-1] == tok.eos_token_id
+        assert batch["input_ids"][row, : len(prompt)].tolist() == prompt
+        assert batch["attention_mask"][row].sum() == len(prompt)
+        assert set(batch["input_ids"][row, len(prompt) :].tolist()) <= {tok.pad_token_id}
+        assert batch["labels"][row, : len(target)].tolist() == target
+        assert set(batch["labels"][row, len(target) :].tolist()) <= {-100}
+
+
+def test_loss_ignores_padding(processor):
+    model = new_model(processor).eval()
+    items = [make_item(i) for i in range(4)]
+    batch = collate(items, processor)
+    assert (batch["labels"] == -100).any() and (batch["attention_mask"] == 0).any()
+    with torch.no_grad():
+        out = model(**batch)
+        # manual cross-entropy over the real target tokens only
+        keep = batch["labels"] != -100
+        manual = F.cross_entropy(out.logits[keep], batch["labels"][keep])
+        # each item alone, nothing padded: the same per-token losses
+        total, count = 0.0, 0
+        for item in items:
+            single = collate([item], processor)
+            n = int((single["labels"] != -100).sum())
+            total += float(model(**single).loss) * n
+            count += n
+    assert torch.allclose(out.loss, manual, atol=1e-6)
+    assert out.loss.item() == pytest.approx(total / count, abs=1e-5)
+    # the decoder saw the labels shifted once behind the start token
+    start = model.config.text.decoder_start_token_id
+    decoder_input_ids = shift_right(batch["labels"], start, model.config.text.pad_token_id)
+    assert decoder_input_ids[:, 0].eq(start).all()
+    assert decoder_input_ids[:, 1].eq(processor.tokenizer.bos_token_id).all()
+
+
+def test_lr_schedule_warms_up_then_follows_a_cosine():
+    cfg = TrainConfig(lr=1.0, warmup_steps=4, total_steps=14, min_lr_ratio=0.1)
+    lrs = [lr_at(s, cfg) for s in range(14)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert lrs[4] == 1.0 and lrs[9] == pytest.approx(0.1 + 0.9 * 0.5)
+    assert all(a > b for a, b in zip(lrs[4:], lrs[5:]))
+    assert lr_at(14, cfg) == pytest.approx(0.1)
+
+
+def test_no_weight_decay_on_biases_norms_and_embeddings(processor):
+    model = new_model(processor)
+    model.vision_tower.requires_grad_(False)
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    exempt = {names[id(p)] for p in no_decay["params"]}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert "language_model.encoder.layers.0.fc1.weight" in decayed
+    assert "multi_modal_projector.image_projection.weight" in decayed
+    for name in (
+        "language_model.shared.weight",
+        "language_model.decoder.embed_positions.weight",
+        "language_model.encoder.layers.0.fc1.bias",
+        "language_model.encoder.layers.0.self_attn_layer_norm.weight",
+        "multi_modal_projector.image_position_embed.row_embeddings.weight",
+    ):
+        assert name in exempt
+    assert not any(n.startswith("vision_tower.") for n in decayed | exempt)  # frozen: not optimised
+
+
+# --- optimisation ------------------------------------------------------------------------------
+
+
+def test_one_step_lowers_the_loss_on_a_fixed_batch(processor, tmp_path):
+    model = new_model(processor, dropout=False)
+    items = [make_item(i) for i in range(4)]
+    batch = collate(items, processor)
+    with torch.no_grad():
+        before = float(model.eval()(**batch).loss)
+    trainer = Trainer(model, processor, lambda *_: items, config(tmp_path, total_steps=1, warmup_steps=0))
+    [record] = trainer.train()
+    with torch.no_grad():
+        after = float(model.eval()(**batch).loss)
+    assert record["loss"] == pytest.approx(before, abs=1e-5)  # no dropout: the step's loss is the eval loss
+    assert after < before - 0.05
+
+
+def test_gradient_accumulation_matches_the_full_batch(processor, tmp_path):
+    runs = []
+    for accum in (1, 2):
+        model = new_model(processor, dropout=False)
+        cfg = config(tmp_path / f"accum{accum}", total_steps=3, grad_accum=accum)
+        runs.append([r["loss"] for r in Trainer(model, processor, indexed_source(make_item), cfg).train()])
+    assert runs[0] == pytest.approx(runs[1], abs=1e-5)
+
+
+# --- checkpoints and resume ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def straight_run(processor, tmp_path_factory):
+    """6 uninterrupted steps with dropout on, checkpoints every 2 steps, evaluation every 3."""
+    out = tmp_path_factory.mktemp("straight")
+    eval_fn = lambda model, step: {"loss": float(model(**collate([make_item(0)], processor)).loss)}
+    trainer = Trainer(
+        new_model(processor), processor, indexed_source(make_item), config(out, save_every=2, eval_every=3), eval_fn
+    )
+    trainer.train()
+    return trainer
+
+
+def test_resume_continues_exactly(processor, straight_run, tmp_path):
+    def crashing(step, rank, world_size, batch_size):
+        if step == 5:
+            raise KeyboardInterrupt  # killed while on step 6, after the step-4 checkpoint and step-5 log
+        return indexed_source(make_item)(step, rank, world_size, batch_size)
+
+    first = Trainer(new_model(processor), processor, crashing, config(tmp_path, save_every=2, eval_every=3))
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    assert len(losses(tmp_path)) == 5
+    # a new process: other initial weights, which the checkpoint replaces
+    second = Trainer(
+        new_model(processor, seed=1), processor, indexed_source(make_item), config(tmp_path, save_every=2, eval_every=3)
+    )
+    second.train(resume=True)
+    assert second.step == 6
+    assert losses(tmp_path) == losses(straight_run.out_dir)  # the very same curve
+    a, b = read_weights(tmp_path / "checkpoint-last"), read_weights(straight_run.checkpoint_dir)
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_checkpoint_is_a_native_model_folder_with_logs(straight_run, tmp_path):
+    out, folder = straight_run.out_dir, straight_run.checkpoint_dir
+    assert (folder / "trainer_state.pt").is_file() and (folder / "tokenizer.json").is_file()
+    model = load_model(folder)
+    trained = straight_run.model.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())
+    predictor = Florence2.from_pretrained(folder)
+    caption = predictor.predict(make_item(0)["image"], "<CAPTION>", max_new_tokens=4, num_beams=1)
+    assert isinstance(caption["<CAPTION>"], str)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "lr", "grad_norm", "samples_per_s", "elapsed"} <= set(records[0])
+    assert "eval/loss" in records[2] and "eval/loss" in records[5] and "eval/loss" not in records[3]
+    assert all(math.isfinite(r["loss"]) for r in records)
+    with Image.open(out / "metrics.png") as png:
+        assert png.format == "PNG" and png.width > 100
+
+
+# --- DDP -----------------------------------------------------------------------------------------
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, init: str, out: str) -> None:
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    predictor = Florence2.from_pretrained(init)
+    trainer = Trainer(predictor.model, predictor.processor, indexed_source(make_item), config(out, total_steps=3))
+    trainer.train()
+    torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ddp_processes_match_one_process(processor, tmp_path):
+    init = tmp_path / "init"
+    Florence2(new_model(processor, dropout=False), processor).save_pretrained(init)
+    single = Florence2.from_pretrained(init)
+    Trainer(single.model, single.processor, indexed_source(make_item), config(tmp_path / "one", total_steps=3)).train()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(init), str(tmp_path / "two")), nprocs=2, join=True)
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
+    a, b = read_weights(tmp_path / "one" / "checkpoint-last"), read_weights(tmp_path / "two" / "checkpoint-last")
+    # attention key biases get a zero gradient in exact arithmetic (softmax ignores a shift), so
+    # Adam turns their rounding noise into updates of either sign: compare everything else
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a if not k.endswith("k_proj.bias"))
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+
+def test_cli_trains_a_tiny_model_and_resumes(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers())
+    common = ["train", "--out", str(tmp_path), "--batch-size", "2", "--image-size", "64", "--scene-size", "64"]
+    common += ["--vocab-size", "300", "--tasks", "CAPTION=2,OD,REGION_TO_CATEGORY", "--no-progress", "--log-every", "1"]
+    args = parser.parse_args([*common, "--steps", "2", "--eval-every", "2"])
+    assert args.func(args) == 0
+    args = parser.parse_args([*common, "--steps", "3", "--resume"])
+    assert args.func(args) == 0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3] and "eval/loss" in records[1]
+    assert records[2]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))  # fresh model's lr
+    assert Florence2.from_pretrained(tmp_path / "checkpoint-last").model.config.text.d_model == 128
