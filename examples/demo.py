@@ -45,11 +45,25 @@ def random_checkpoint(folder: Path) -> Path:
     world = SyntheticWorld(WorldConfig(image_size=128), seed=1)
     corpus += [world.scene(i)[1]["captions"]["more_detailed"] for i in range(50)]
     tokenizer = train_bpe_tokenizer(corpus, vocab_size=600)
-    vision = VisionConfig(embed_dims=(32, 64, 96, 128), depths=(1, 1, 1, 1), num_heads=(1, 2, 3, 4),
-                          num_groups=(1, 2, 3, 4), window_size=4, drop_path_rate=0.0)
-    text = TextConfig(vocab_size=tokenizer.vocab_size, d_model=128, encoder_layers=2, decoder_layers=2,
-                      encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=256,
-                      decoder_ffn_dim=256, max_position_embeddings=512)
+    vision = VisionConfig(
+        embed_dims=(32, 64, 96, 128),
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 2, 3, 4),
+        num_groups=(1, 2, 3, 4),
+        window_size=4,
+        drop_path_rate=0.0,
+    )
+    text = TextConfig(
+        vocab_size=tokenizer.vocab_size,
+        d_model=128,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=256,
+        decoder_ffn_dim=256,
+        max_position_embeddings=512,
+    )
     model = Florence2Model(Florence2Config(vision=vision, text=text)).eval()
     processor = Florence2Processor(tokenizer, ImageProcessor(size=(128, 128)), max_positions=512)
     Florence2(model, processor).save_pretrained(folder)
@@ -77,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as e:
         if args.model:
             raise
-        print(f"note: {e}\nnote: using a tiny RANDOM-WEIGHT checkpoint instead; its answers are noise",
-              file=sys.stderr)
+        print(f"note: {e}\nnote: using a tiny RANDOM-WEIGHT checkpoint instead; its answers are noise", file=sys.stderr)
         predictor = Florence2.from_pretrained(random_checkpoint(out / "random-tiny-checkpoint"))
         source = "random-weight tiny checkpoint"
     report = {"model": source, "images": []}
