@@ -2,10 +2,10 @@
 
     python examples/demo.py [--model PATH] [--out out/demo]
 
-Without --model the embedded model is used. An installation without one (the embedded model is
-trained on the synthetic world and shipped with the package) falls back to a tiny random-weight
-checkpoint built here, so the whole path (loading, prompts, generation, parsing, drawing) still runs;
-its answers are then noise, and the script says so.
+Without --model the embedded model (trained on the synthetic world, shipped with the package) runs
+on the example images shipped beside it. An installation without the embedded model falls back to a
+tiny random-weight checkpoint built here, so the whole path (loading, prompts, generation, parsing,
+drawing) still runs; its answers are then noise, and the script says so.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from pathlib import Path
 
 from florence2 import Florence2, Florence2Processor, ImageProcessor, draw_result
 from florence2.config import Florence2Config, TextConfig, VisionConfig
-from florence2.data.synthetic import SyntheticWorld, WorldConfig
+from florence2.data.synthetic import SyntheticWorld, WorldConfig, read_split
 from florence2.errors import CheckpointError
 from florence2.model.florence2 import Florence2Model
+from florence2.pipeline import DEFAULT_MODEL_DIR
 from florence2.tasks import TASKS
 from florence2.tokenizer import train_bpe_tokenizer
 
@@ -28,6 +29,11 @@ EXAMPLE_SEED = 20261127
 
 
 def example_images(folder: Path, count: int = 3) -> list[tuple[Path, dict]]:
+    """The shipped examples with their annotations, or freshly generated ones."""
+    shipped = DEFAULT_MODEL_DIR.parent / "examples"
+    if (shipped / "annotations.jsonl").is_file():
+        records = read_split(shipped)
+        return [(shipped / r["image"], r) for r in records]
     folder.mkdir(parents=True, exist_ok=True)
     world = SyntheticWorld(WorldConfig(image_size=256), seed=EXAMPLE_SEED)
     out = []

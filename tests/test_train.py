@@ -209,6 +209,16 @@ def test_resume_continues_exactly(processor, straight_run, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in b)
 
 
+def test_stop_at_then_resume_is_the_uninterrupted_run(processor, straight_run, tmp_path):
+    cfg = config(tmp_path, save_every=2, eval_every=3)
+    first = Trainer(new_model(processor), processor, indexed_source(make_item), cfg)
+    first.train(stop_at=3)  # a curriculum phase boundary: saved at step 3 although save_every is 2
+    assert first.step == 3 and len(losses(tmp_path)) == 3
+    second = Trainer(new_model(processor, seed=1), processor, indexed_source(make_item), cfg)
+    second.train(resume=True)
+    assert losses(tmp_path) == losses(straight_run.out_dir)
+
+
 def test_checkpoint_is_a_native_model_folder_with_logs(straight_run, tmp_path):
     out, folder = straight_run.out_dir, straight_run.checkpoint_dir
     assert (folder / "trainer_state.pt").is_file() and (folder / "tokenizer.json").is_file()

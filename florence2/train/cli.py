@@ -199,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         eval_fn = make_loss_eval(eval_items, processor, batch_size=min(args.batch_size, 16))
     trainer = Trainer(model, processor, by_target_length(indexed_source(get_item)), config, eval_fn=eval_fn)
     try:
-        trainer.train(resume=args.resume)
+        trainer.train(resume=args.resume, stop_at=args.stop_at)
     finally:
         cleanup_distributed()
     if trainer.dist.is_main:
@@ -225,6 +225,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (and at the end)")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last if it exists")
+    p.add_argument("--stop-at", type=int, help="save and stop after this step (the schedule still spans --steps)")
     p.add_argument("--seed", type=int, default=0, help="seeds the data order, the init and dropout")
     p.add_argument("--tasks", type=parse_task_weights, help="task weights, e.g. CAPTION=2,OD=1 (default: all, 1)")
     p.add_argument("--scene-size", type=int, default=128, help="synthetic scene side, pixels")

@@ -316,9 +316,11 @@ class Trainer:
 
     # --- the loop ---
 
-    def train(self, resume: bool | str = False) -> list[dict[str, Any]]:
+    def train(self, resume: bool | str = False, stop_at: int | None = None) -> list[dict[str, Any]]:
         """Train up to ``config.total_steps``. ``resume``: True continues from ``out_dir/checkpoint-last``
         when it exists (else starts afresh), a path continues from that checkpoint folder.
+        ``stop_at``: save and stop after this step, leaving the schedule as for ``total_steps`` (a later
+        ``resume`` continues, e.g. with other data for a curriculum).
         Returns the records logged by this call (the same global numbers on every rank)."""
         cfg, main = self.config, self.dist.is_main
         if resume:
@@ -335,8 +337,9 @@ class Trainer:
         self._run_start = self._window_time = time.perf_counter()
         self._window_start = self.step
         bar = _ProgressBar(cfg.total_steps, self.step, enabled=main and cfg.progress)
+        end = cfg.total_steps if stop_at is None else min(stop_at, cfg.total_steps)
         try:
-            for step in range(self.step, cfg.total_steps):
+            for step in range(self.step, end):
                 stats = self.train_step(step)
                 self.step = done = step + 1
                 self._window.append(stats["loss"])
@@ -350,7 +353,7 @@ class Trainer:
                     if main:
                         bar.log(record)
                         self._append_metrics(record)
-                saving = (cfg.save_every > 0 and done % cfg.save_every == 0) or last
+                saving = (cfg.save_every > 0 and done % cfg.save_every == 0) or last or done == end
                 if saving:
                     self.save_checkpoint()
                 if main and (evaluated or saving):
