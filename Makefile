@@ -19,15 +19,15 @@ demo: setup
 	$(PY) examples/demo.py --out out/demo
 
 test: setup
-	$(PY) -m ruff check florence2 tests examples benchmarks
+	$(PY) -m ruff check florence2 tests examples benchmarks scripts
 	$(PY) -m pytest -q
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
-	$(PY) -m ruff check florence2 tests examples benchmarks
-	$(PY) -m ruff format --check florence2 tests examples benchmarks
+	$(PY) -m ruff check florence2 tests examples benchmarks scripts
+	$(PY) -m ruff format --check florence2 tests examples benchmarks scripts
 
 clean:
 	rm -rf out .pytest_cache
