@@ -223,7 +223,8 @@ def beam_search(
         fin_done = torch.cat([fin_done, newly], 1).gather(1, best)
 
         rows = (src_parent + torch.arange(B, device=dev)[:, None] * K).view(-1)
-        cache.reorder(rows)
+        if not torch.equal(rows, torch.arange(B * K, device=dev)):  # often every beam keeps its own history
+            cache.reorder(rows)
         cur += 1
 
         # can a running beam still beat the worst finished one? (the reference's heuristic)

@@ -78,13 +78,7 @@ class Florence2:
 
     def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write the checkpoint (native transformers layout) with tokenizer and preprocessor config."""
-        image_seq_length = self.num_image_tokens
-        return save_model(
-            self.model,
-            folder,
-            dtype=dtype,
-            extra_files=lambda tmp: self.processor.save_pretrained(tmp, image_seq_length),
-        )
+        return save_model(self.model, folder, dtype=dtype, processor=self.processor)
 
     def decoding_options(self, **overrides: Any) -> DecodingOptions:
         return DecodingOptions.for_model(self.model.config, **{**self.generation_defaults, **overrides})

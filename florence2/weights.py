@@ -22,12 +22,16 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from florence2.config import Florence2Config, config_from_dict, config_to_native_dict
 from florence2.errors import CheckpointError
 from florence2.model.florence2 import Florence2Model, sinusoid_table
+
+if TYPE_CHECKING:
+    from florence2.processor import Florence2Processor
 
 StateDict = dict[str, torch.Tensor]
 
@@ -283,11 +287,13 @@ def save_model(
     model: Florence2Model,
     folder: str | os.PathLike,
     dtype: torch.dtype | None = None,
+    processor: Florence2Processor | None = None,
     extra_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``config.json``, ``generation_config.json`` and ``model.safetensors`` (native layout),
-    atomically: files are written to a temporary sibling folder that then replaces ``folder``.
-    ``extra_files(tmp_folder)`` may add files (tokenizer, preprocessor config) before the swap."""
+    plus the ``processor``'s tokenizer and preprocessor config when given, atomically: files are
+    written to a temporary sibling folder that then replaces ``folder``. ``extra_files(tmp_folder)``
+    may add more files (a trainer's state) before the swap."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -301,6 +307,8 @@ def save_model(
         save_file({k: v.cpu() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config_to_native_dict(model.config), indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(generation_config_dict(model.config), indent=2) + "\n")
+        if processor is not None:
+            processor.save_pretrained(tmp, model.config.num_image_tokens(processor.image_size))
         if extra_files is not None:
             extra_files(tmp)
         old = None

@@ -444,11 +444,12 @@ class Trainer:
         if self.dist.is_main:
             state = self.trainer_state()
 
-            def extra_files(tmp: Path) -> None:
-                self.processor.save_pretrained(tmp, self.num_image_tokens)
-                torch.save(state, tmp / TRAINER_STATE)
-
-            save_model(self.model, folder, extra_files=extra_files)
+            save_model(
+                self.model,
+                folder,
+                processor=self.processor,
+                extra_files=lambda tmp: torch.save(state, tmp / TRAINER_STATE),
+            )
         barrier()
         return folder
 
