@@ -95,7 +95,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         pil_images = [img for _, _, img in loaded]
         per_image = predictor.predict(
-            pil_images, tasks, text=args.text, region=args.region, batch_size=args.batch_size, **decoding
+            pil_images,
+            tasks,
+            text=args.text,
+            region=args.region,
+            batch_size=args.batch_size,
+            score_threshold=args.score_threshold,
+            nms_iou=args.nms_iou,
+            **decoding,
         )
         for (index, path, image), results in zip(loaded, per_image):
             record = {"image": str(path), "width": image.width, "height": image.height, "results": results}
@@ -162,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--no-repeat-ngram-size", type=int)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--score-threshold", type=float, help="drop regions scoring below this (0..1)")
+    p.add_argument("--nms-iou", type=float, help="per-label non-maximum suppression at this IoU")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     p.add_argument(

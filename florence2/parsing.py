@@ -22,9 +22,9 @@ lose non-ASCII characters while OCR and polygon labels keep them. Deviations, al
   text; pass ``task=None`` for free prompts.
 * The unused ``with_box_at_start`` polygon option of the references is not implemented.
 
-Seam for per-region scores: the finders below return :class:`Instance` objects carrying the
-character span of their match in the cleaned text (``clean_text``). A later change can map those
-spans to generated tokens and attach a score to every region without touching the regexes.
+Scores: the finders below return :class:`Instance` objects carrying the character span of their
+match in the cleaned text (``clean_text``); given the generated tokens' probabilities
+(:class:`florence2.scoring.TokenScores`), every parser adds ``scores`` parallel to its shapes.
 """
 
 from __future__ import annotations
@@ -32,13 +32,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from florence2.coords import dequantize_flat, parse_loc_tokens
 from florence2.errors import TaskError
 from florence2.tasks import get_task
+
+if TYPE_CHECKING:
+    from florence2.scoring import TokenScores
 
 ImageSize = tuple[float, float]
 
@@ -168,54 +171,69 @@ def _dequantize_shapes(shapes: list[list[int]], image_size: ImageSize) -> list[l
     return [dequantize_flat(shape, image_size).tolist() for shape in shapes]
 
 
-def _boxes_result(instances: list[Instance], image_size: ImageSize) -> dict[str, list]:
-    bboxes, labels = [], []
+def _boxes_result(instances: list[Instance], image_size: ImageSize, scores: TokenScores | None) -> dict[str, list]:
+    bboxes, labels, box_scores = [], [], []
     for inst in instances:
         boxes = dequantize_flat(np.asarray(inst.shapes, dtype=np.float64).reshape(-1, 4), image_size)
         bboxes += boxes.tolist()
         labels += [inst.label] * len(boxes)
-    return {"bboxes": bboxes, "labels": labels}
+        if scores is not None:
+            box_scores += scores.region_scores(inst.span, len(boxes), shape_tokens=4)
+    result = {"bboxes": bboxes, "labels": labels}
+    if scores is not None:
+        result["scores"] = box_scores
+    return result
 
 
-def _polygons_result(instances: list[Instance], image_size: ImageSize) -> dict[str, list]:
-    return {
+def _polygons_result(instances: list[Instance], image_size: ImageSize, scores: TokenScores | None) -> dict[str, list]:
+    result = {
         "polygons": [_dequantize_shapes(inst.shapes, image_size) for inst in instances],
         "labels": [inst.label for inst in instances],
     }
+    if scores is not None:
+        result["scores"] = [scores.region_scores(inst.span, 1, shape_tokens=None)[0] for inst in instances]
+    return result
 
 
-def parse_pure_text(text: str, image_size: ImageSize | None = None) -> str:
+def parse_pure_text(text: str, image_size: ImageSize | None = None, scores: TokenScores | None = None) -> str:
     """The answer as text without sequence tokens, stripped. Location tokens are kept verbatim
     (``<REGION_TO_CATEGORY>`` answers ``'car<loc_52><loc_332><loc_932><loc_774>'``)."""
     return clean_text(text).strip()
 
 
-def parse_description_with_bboxes(text: str, image_size: ImageSize) -> dict[str, list]:
+def parse_description_with_bboxes(
+    text: str, image_size: ImageSize, scores: TokenScores | None = None
+) -> dict[str, list]:
     """``<OD>``, ``<DENSE_REGION_CAPTION>``: ``{"bboxes": [[x0, y0, x1, y1], ...], "labels": [...]}``,
     one label per box (a phrase followed by several boxes repeats its label)."""
-    return _boxes_result(find_box_instances(clean_text(text)), image_size)
+    return _boxes_result(find_box_instances(clean_text(text)), image_size, scores)
 
 
-def parse_bboxes(text: str, image_size: ImageSize) -> dict[str, list]:
+def parse_bboxes(text: str, image_size: ImageSize, scores: TokenScores | None = None) -> dict[str, list]:
     """``<REGION_PROPOSAL>``: ``{"bboxes": [[x0, y0, x1, y1], ...], "labels": ["", ...]}``."""
-    return _boxes_result(find_box_instances(clean_text(text), allow_empty_phrase=True), image_size)
+    return _boxes_result(find_box_instances(clean_text(text), allow_empty_phrase=True), image_size, scores)
 
 
 def parse_phrase_grounding(
-    text: str, image_size: ImageSize, banned: Iterable[str] = BANNED_GROUNDING_PHRASES
+    text: str,
+    image_size: ImageSize,
+    scores: TokenScores | None = None,
+    banned: Iterable[str] = BANNED_GROUNDING_PHRASES,
 ) -> dict[str, list]:
     """``<CAPTION_TO_PHRASE_GROUNDING>``: ``{"bboxes": [...], "labels": [...]}``, one label per box;
     phrases in ``banned`` (pronouns, "the image", ...) are dropped."""
-    return _boxes_result(find_box_instances(clean_text(text), banned=banned), image_size)
+    return _boxes_result(find_box_instances(clean_text(text), banned=banned), image_size, scores)
 
 
-def parse_ocr(text: str, image_size: ImageSize, area_threshold: float = 0.0) -> dict[str, list]:
+def parse_ocr(
+    text: str, image_size: ImageSize, scores: TokenScores | None = None, area_threshold: float = 0.0
+) -> dict[str, list]:
     """``<OCR_WITH_REGION>``: ``{"quad_boxes": [[x0, y0, ..., x3, y3], ...], "labels": [...]}``.
 
     Args:
         area_threshold: drop quads smaller than this fraction of the image area; 0 keeps all.
     """
-    quad_boxes, labels = [], []
+    quad_boxes, labels, quad_scores = [], [], []
     for inst in find_ocr_instances(clean_text(text)):
         quad = dequantize_flat(inst.shapes[0], image_size)
         if area_threshold > 0:
@@ -225,27 +243,40 @@ def parse_ocr(text: str, image_size: ImageSize, area_threshold: float = 0.0) -> 
                 continue
         quad_boxes.append(quad.tolist())
         labels.append(inst.label)
-    return {"quad_boxes": quad_boxes, "labels": labels}
+        if scores is not None:
+            quad_scores += scores.region_scores(inst.span, 1, shape_tokens=None)
+    result = {"quad_boxes": quad_boxes, "labels": labels}
+    if scores is not None:
+        result["scores"] = quad_scores
+    return result
 
 
-def parse_polygons(text: str, image_size: ImageSize) -> dict[str, list]:
+def parse_polygons(text: str, image_size: ImageSize, scores: TokenScores | None = None) -> dict[str, list]:
     """``<REFERRING_EXPRESSION_SEGMENTATION>``, ``<REGION_TO_SEGMENTATION>``:
     ``{"polygons": [[[x0, y0, x1, y1, ...], ...], ...], "labels": [...]}`` (instances -> polygons ->
     flat xy list)."""
-    return _polygons_result(find_polygon_instances(clean_text(text), allow_empty_phrase=True), image_size)
+    return _polygons_result(find_polygon_instances(clean_text(text), allow_empty_phrase=True), image_size, scores)
 
 
-def parse_description_with_bboxes_or_polygons(text: str, image_size: ImageSize) -> dict[str, list]:
+def parse_description_with_bboxes_or_polygons(
+    text: str, image_size: ImageSize, scores: TokenScores | None = None
+) -> dict[str, list]:
     """``<OPEN_VOCABULARY_DETECTION>``: polygons when the text holds ``<poly>``, else boxes, as
-    ``{"bboxes", "bboxes_labels", "polygons", "polygons_labels"}`` (the unused pair empty)."""
+    ``{"bboxes", "bboxes_labels", "polygons", "polygons_labels"}`` (the unused pair empty; with
+    ``scores``, also ``bboxes_scores`` and ``polygons_scores``)."""
     text = clean_text(text)
     result: dict[str, list] = {"bboxes": [], "bboxes_labels": [], "polygons": [], "polygons_labels": []}
+    if scores is not None:
+        result.update(bboxes_scores=[], polygons_scores=[])
     if "<poly>" in text:
-        polygons = _polygons_result(find_polygon_instances(text), image_size)
-        result.update(polygons=polygons["polygons"], polygons_labels=polygons["labels"])
+        found = _polygons_result(find_polygon_instances(text), image_size, scores)
+        kind = "polygons"
     else:
-        boxes = _boxes_result(find_box_instances(text), image_size)
-        result.update(bboxes=boxes["bboxes"], bboxes_labels=boxes["labels"])
+        found = _boxes_result(find_box_instances(text), image_size, scores)
+        kind = "bboxes"
+    result[kind], result[f"{kind}_labels"] = found[kind], found["labels"]
+    if scores is not None:
+        result[f"{kind}_scores"] = found["scores"]
     return result
 
 
@@ -261,7 +292,7 @@ PARSERS: dict[str, Callable[..., Any]] = {
 
 
 def post_process_generation(
-    text: str, task: str | None, image_size: ImageSize | None = None, **options: Any
+    text: str, task: str | None, image_size: ImageSize | None = None, scores: TokenScores | None = None, **options: Any
 ) -> dict[str, Any]:
     """Parse the decoded answer of a task.
 
@@ -269,6 +300,8 @@ def post_process_generation(
         text: decoded generation with special tokens kept, e.g. ``"</s><s>car<loc_53>...</s>"``.
         task: a task name (see :func:`florence2.tasks.get_task`), or None for a free prompt.
         image_size: ``(width, height)`` of the original image; needed by every task with locations.
+        scores: the generated tokens' probabilities (:class:`florence2.scoring.TokenScores`); every
+            region result then carries ``scores`` parallel to its shapes.
         **options: passed to the parser, e.g. ``area_threshold`` for ``<OCR_WITH_REGION>``.
 
     Returns:
@@ -277,8 +310,8 @@ def post_process_generation(
         371.76]], "labels": ["car"]}}``.
     """
     if task is None:
-        return {"text": parse_pure_text(text, image_size, **options)}
+        return {"text": parse_pure_text(text, image_size, scores, **options)}
     spec = get_task(task)
     if image_size is None and spec.result_type != "pure_text":
         raise TaskError(f"{spec.token} answers hold locations: pass image_size=(width, height)")
-    return {spec.token: PARSERS[spec.result_type](text, image_size, **options)}
+    return {spec.token: PARSERS[spec.result_type](text, image_size, scores, **options)}

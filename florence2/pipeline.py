@@ -3,7 +3,8 @@
 >>> from florence2 import Florence2
 >>> f2 = Florence2.from_pretrained("path/to/Florence-2-base")    # or no path: the embedded model
 >>> f2.predict("car.jpg", "<OD>")
-{'<OD>': {'bboxes': [[34.24, 160.08, 597.44, 371.76], ...], 'labels': ['car', ...]}}
+{'<OD>': {'bboxes': [[34.24, 160.08, 597.44, 371.76], ...], 'labels': ['car', ...], 'scores': [0.91, ...]},
+ 'sequence_scores': {'<OD>': 0.88}}
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from florence2.generation import DecodingOptions, generate
 from florence2.image import ImageSource
 from florence2.model.florence2 import Florence2Model
 from florence2.processor import Florence2Processor
+from florence2.scoring import TokenScores, filter_result, sequence_score
 from florence2.tasks import get_task
 from florence2.weights import load_model, resolve_checkpoint, save_model
 
@@ -92,6 +94,8 @@ class Florence2:
         *,
         batch_size: int = 8,
         progress: bool = False,
+        score_threshold: float | None = None,
+        nms_iou: float | None = None,
         **decoding: Any,
     ) -> dict[str, Any] | list[dict[str, Any]]:
         """Run tasks on one image (returns a result dict) or a list of images (a list of them).
@@ -102,9 +106,18 @@ class Florence2:
             and ``region`` to those that take a region.
         text: the task's text input (grounding, referring segmentation, open-vocabulary detection).
         region: the task's region input, an XYXY box in pixels of the original image.
+        score_threshold: drop boxes, quads and polygons scoring below this (0..1).
+        nms_iou: per-label non-maximum suppression of regions overlapping more than this IoU.
         decoding: :class:`~florence2.generation.DecodingOptions` fields (``num_beams``, ...).
-        Results follow the official format, coordinates in float pixels of the original image.
+
+        Results follow the official format, coordinates in float pixels of the original image, plus
+        confidence scores (see :mod:`florence2.scoring`): ``scores`` parallel to ``bboxes``,
+        ``quad_boxes`` and ``polygons`` (``bboxes_scores`` / ``polygons_scores`` for open-vocabulary
+        detection), and ``"sequence_scores": {task: score}`` for every task's whole answer.
         """
+        for name, value in (("score_threshold", score_threshold), ("nms_iou", nms_iou)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
         tasks = [task] if task is None or isinstance(task, str) else list(task)
         if not tasks:
             raise TaskError("no task given")
@@ -115,7 +128,7 @@ class Florence2:
         chunks = list(_chunks(images, max(1, batch_size)))
         results: list[dict[str, Any]] = []
         for chunk in _progress(chunks, progress, total_items=len(images)):
-            results.extend(self._predict_batch(chunk, requests, options))
+            results.extend(self._predict_batch(chunk, requests, options, score_threshold, nms_iou))
         return results[0] if single else results
 
     def _predict_batch(
@@ -123,9 +136,13 @@ class Florence2:
         images: Sequence[ImageSource],
         requests: list[tuple[str | None, str | None, Sequence[float] | None]],
         options: DecodingOptions,
+        score_threshold: float | None = None,
+        nms_iou: float | None = None,
     ) -> list[dict[str, Any]]:
         pixel_values, sizes = self.processor.image_processor.preprocess(list(images))
         results: list[dict[str, Any]] = [{} for _ in sizes]
+        sequence_scores: list[dict[str, float]] = [{} for _ in sizes]
+        tokenizer = self.processor.tokenizer
         device = self.model.device
         with torch.inference_mode():
             features = self.model.encode_image(pixel_values.to(device))  # once for every task
@@ -134,9 +151,22 @@ class Florence2:
                 input_ids, mask = self.processor.tokenize(prompts, self.num_image_tokens)
                 memory, memory_mask = self.model.encode(features, input_ids.to(device), mask.to(device))
                 out = generate(self.model, memory, memory_mask, options)
-                texts = self.processor.batch_decode(out.sequences.cpu())
-                for result, answer, size in zip(results, texts, sizes):
-                    result.update(self.processor.post_process_generation(answer, task, size))
+                sequences, logprobs = out.sequences.cpu(), out.token_logprobs.cpu()
+                texts = self.processor.batch_decode(sequences)
+                for i, (answer, size) in enumerate(zip(texts, sizes)):
+                    scores = TokenScores.from_generation(tokenizer, sequences[i], logprobs[i])
+                    parsed = self.processor.post_process_generation(answer, task, size, scores=scores)
+                    key = next(iter(parsed))
+                    results[i][key] = filter_result(parsed[key], score_threshold, nms_iou)
+                    sequence_scores[i][key] = sequence_score(
+                        sequences[i],
+                        logprobs[i],
+                        eos_token_id=options.eos_token_id,
+                        pad_token_id=options.pad_token_id,
+                        forced_eos_at=options.total_length - 1,
+                    )
+        for result, seq in zip(results, sequence_scores):
+            result["sequence_scores"] = seq
         return results
 
 

@@ -204,6 +204,28 @@ class Florence2Tokenizer:
                 text = text.replace(before, after)
         return text
 
+    def token_offsets(self, ids: Sequence[int] | torch.Tensor) -> list[tuple[int, int]]:
+        """``(start, end)`` character offsets of each token in ``decode(ids)`` (special tokens kept).
+
+        Tokens are decoded one by one; where that does not add up to the whole text (a character
+        whose UTF-8 bytes span several tokens, or the space clean-up), each token ends where the
+        decoded prefix up to it ends (never before the previous token), so a split character goes to
+        one of the tokens holding its bytes and the offsets still tile the text."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        ids = list(ids)
+        whole = self.decode(ids)
+        pieces = [self.decode([i]) for i in ids]
+        lengths = [len(piece) for piece in pieces]
+        if "".join(pieces) != whole:
+            ends = [len(self.decode(ids[:end])) for end in range(1, len(ids) + 1)]
+            lengths = [b - a for a, b in zip([0, *ends[:-1]], ends)]
+        offsets, end = [], 0
+        for n in lengths:
+            start, end = end, min(len(whole), max(end, end + n))
+            offsets.append((start, end))
+        return offsets
+
     def batch_decode(
         self, sequences: Iterable[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = False
     ) -> list[str]:

@@ -60,7 +60,8 @@ def _unwrap(result: Any, task: str | None) -> Any:
     if task is not None and task in result:
         return result[task]
     task_keys = [key for key in result if isinstance(key, str) and key.startswith("<") and key.endswith(">")]
-    if task_keys and len(task_keys) == len(result):
+    others = [key for key in result if key not in task_keys and key != "sequence_scores"]
+    if task_keys and not others:
         if len(task_keys) > 1:
             raise ValueError(f"result holds several tasks {task_keys}; pass task= to choose one")
         return result[task_keys[0]]
@@ -71,7 +72,7 @@ def _shapes(result: dict[str, Any]) -> list[_Shape]:
     shapes = []
     # Open-vocabulary detection names its box labels "bboxes_labels"; every other task "labels".
     box_labels = result.get("bboxes_labels", result.get("labels"))
-    scores = result.get("scores")
+    scores = result.get("bboxes_scores", result.get("scores"))
     for index, box in enumerate(result.get("bboxes", [])):
         x0, y0, x1, y1 = (float(v) for v in box[:4])
         corners = [(min(x0, x1), min(y0, y1)), (max(x0, x1), max(y0, y1))]
@@ -79,14 +80,16 @@ def _shapes(result: dict[str, Any]) -> list[_Shape]:
         shapes.append(_Shape("box", corners, label, _item(scores, index, None), fill=False))
     for index, quad in enumerate(result.get("quad_boxes", [])):
         label = str(_item(result.get("labels"), index, ""))
-        shapes.append(_Shape("polygon", _points(quad), label, None, fill=False))
+        shapes.append(_Shape("polygon", _points(quad), label, _item(result.get("scores"), index, None), fill=False))
     labels_key = "polygons_labels" if "polygons_labels" in result else "labels"
+    scores_key = "polygons_scores" if "polygons_labels" in result else "scores"
     for index, instance in enumerate(result.get("polygons", [])):
         label = str(_item(result.get(labels_key), index, ""))
+        score = _item(result.get(scores_key), index, None)
         # An instance is a list of flat polygons; accept a single flat polygon too.
         polygons = [instance] if instance and not isinstance(instance[0], (list, tuple)) else instance
         for polygon in polygons:
-            shapes.append(_Shape("polygon", _points(polygon), label, None, fill=True))
+            shapes.append(_Shape("polygon", _points(polygon), label, score, fill=True))
     return shapes
 
 

@@ -44,11 +44,28 @@ def images(tmp_path_factory):
 TASK_INPUTS = {"text": dict(text="a red circle"), "region": dict(region=[5, 5, 40, 30]), "none": {}}
 
 
+def assert_same_result(a, b, scores=False):
+    """Equal answers; scores equal up to float rounding (batched rows may round differently)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys()
+        for key in a:
+            assert_same_result(a[key], b[key], scores or key.endswith("scores"))
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same_result(x, y, scores)
+    elif scores:
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
+    else:
+        assert a == b
+
+
 @pytest.mark.parametrize("task", list(TASKS))
 def test_every_task_gives_a_well_formed_result(predictor, images, task):
     spec = TASKS[task]
     result = predictor.predict(images[0], task, max_new_tokens=12, **TASK_INPUTS[spec.input])
-    assert list(result) == [task]
+    assert list(result) == [task, "sequence_scores"]
+    assert list(result["sequence_scores"]) == [task] and 0.0 < result["sequence_scores"][task] <= 1.0
     value = result[task]
     if spec.result_type == "pure_text":
         assert isinstance(value, str)
@@ -56,12 +73,17 @@ def test_every_task_gives_a_well_formed_result(predictor, images, task):
         assert isinstance(value, dict)
         lists = [v for v in value.values()]
         assert all(isinstance(v, list) for v in lists)
+        for shapes, scores in (("bboxes", "scores"), ("quad_boxes", "scores"), ("polygons", "scores")):
+            if shapes in value and "labels" in value:
+                assert len(value[scores]) == len(value[shapes])
+                assert all(0.0 <= s <= 1.0 for s in value[scores])
 
 
 def test_batch_equals_one_at_a_time(predictor, images):
     batch = predictor.predict(images, "<OD>", max_new_tokens=15, batch_size=3)
     single = [predictor.predict(p, "<OD>", max_new_tokens=15) for p in images]
-    assert batch == single
+    for a, b in zip(batch, single):
+        assert_same_result(a, b)
 
 
 def test_save_and_reload_gives_the_same_predictions(predictor, images, tmp_path):
@@ -134,7 +156,8 @@ def test_cli_folder_several_tasks_and_a_bad_image(checkpoint, images, tmp_path, 
     captured = capsys.readouterr()
     assert code == 1 and "broken.png" in captured.err
     lines = [json.loads(line) for line in captured.out.strip().splitlines()]
-    assert len(lines) == 3 and all(set(r["results"]) == {"<CAPTION>", "<REGION_PROPOSAL>"} for r in lines)
+    tasks = {"<CAPTION>", "<REGION_PROPOSAL>", "sequence_scores"}
+    assert len(lines) == 3 and all(set(r["results"]) == tasks for r in lines)
     assert len(list((tmp_path / "drawn").glob("*.png"))) == 6
     (images[0].parent / "broken.png").unlink()
 
@@ -160,8 +183,9 @@ def test_several_tasks_share_one_vision_encoding(predictor, images, monkeypatch)
     assert calls == [2]  # one batched vision pass for four tasks
     monkeypatch.undo()
     for image, merged in zip(images[:2], both):
-        assert list(merged) == tasks
+        assert list(merged) == [*tasks, "sequence_scores"]
         for task in tasks:
             spec = TASKS[task]
             alone = predictor.predict(image, task, max_new_tokens=10, **TASK_INPUTS[spec.input])
-            assert merged[task] == alone[task]
+            assert_same_result(merged[task], alone[task])
+            assert merged["sequence_scores"][task] == pytest.approx(alone["sequence_scores"][task], rel=1e-4)
