@@ -22,6 +22,7 @@ from florence2.generation import DecodingOptions, generate
 from florence2.image import ImageSource
 from florence2.model.florence2 import Florence2Model
 from florence2.processor import Florence2Processor
+from florence2.quantization import QUANTIZATION_MODES, quantize_int8
 from florence2.scoring import TokenScores, filter_result, sequence_score
 from florence2.tasks import get_task
 from florence2.weights import load_model, resolve_checkpoint, save_model
@@ -71,10 +72,19 @@ class Florence2:
         path: str | os.PathLike | None = None,
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
+        quantize: str | None = None,
     ) -> Florence2:
-        """Load a checkpoint folder of either public layout (or a hub id); no path: the embedded model."""
+        """Load a checkpoint folder of either public layout (or a hub id); no path: the embedded model.
+
+        quantize: ``"int8"`` stores the linear layers as int8 for faster CPU inference
+            (:mod:`florence2.quantization`); None keeps ``dtype``.
+        """
+        if quantize is not None and quantize not in QUANTIZATION_MODES:
+            raise ValueError(f"unknown quantization {quantize!r}; choose from {QUANTIZATION_MODES}")
         folder = default_model_path() if path is None else resolve_checkpoint(path)
         model = load_model(folder, device=device, dtype=dtype)
+        if quantize == "int8":
+            model = quantize_int8(model)
         processor = Florence2Processor.from_pretrained(folder, model.config.text.max_position_embeddings)
         return cls(model, processor, _generation_defaults(folder))
 

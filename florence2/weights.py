@@ -296,6 +296,10 @@ def save_model(
     may add more files (a trainer's state) before the swap."""
     from safetensors.torch import save_file
 
+    from florence2.quantization import is_quantized
+
+    if is_quantized(model):
+        raise CheckpointError("this model is quantized for inference; save the float model it was made from")
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from florence2.config import TextConfig
 
@@ -28,6 +29,14 @@ _ACTIVATIONS = {
     "silu": F.silu,
     "swish": F.silu,
 }
+
+
+def run_layer(layer: Callable[..., torch.Tensor], *args, checkpointed: bool = False) -> torch.Tensor:
+    """``layer(*args)``; with ``checkpointed`` (and gradients on) its activations are recomputed in the
+    backward pass instead of stored. The RNG state is replayed, so dropout masks and results match."""
+    if checkpointed and torch.is_grad_enabled():
+        return checkpoint(layer, *args, use_reentrant=False)
+    return layer(*args)
 
 
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -134,6 +143,13 @@ class DecoderLayer(_PostNormLayer):
         x = self._residual(self.encoder_attn_layer_norm, x, self.encoder_attn.attend(x, *cross_kv, mask=memory_mask))
         return self._ffn(x)
 
+    def forward_full(
+        self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None, is_causal: bool
+    ) -> torch.Tensor:
+        """A full causal pass without a cache: keys and values projected here from ``x`` and ``memory``."""
+        self_kv = self.self_attn.project_kv(x)
+        return self(x, self_kv, self.encoder_attn.project_kv(memory), memory_mask, is_causal=is_causal)
+
 
 class KVCache:
     """Decoder state for incremental decoding of ``batch`` sequences up to ``max_length`` tokens.
@@ -171,6 +187,7 @@ class Encoder(nn.Module):
         self.embed_positions = nn.Embedding(c.max_position_embeddings + _POSITION_OFFSET, c.d_model)
         self.layernorm_embedding = nn.LayerNorm(c.d_model)
         self.layers = nn.ModuleList(EncoderLayer(c) for _ in range(c.encoder_layers))
+        self.gradient_checkpointing = False
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """inputs_embeds: (B, S, D); attention_mask: (B, S), 1 = real token. Returns (B, S, D)."""
@@ -179,8 +196,9 @@ class Encoder(nn.Module):
         x = self.layernorm_embedding(inputs_embeds + pos)
         x = F.dropout(x, self.dropout, self.training)
         mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()
+        checkpointed = self.gradient_checkpointing and self.training
         for layer in self.layers:
-            x = layer(x, mask)
+            x = run_layer(layer, x, mask, checkpointed=checkpointed)
         return x
 
 
@@ -192,6 +210,7 @@ class Decoder(nn.Module):
         self.embed_positions = nn.Embedding(c.max_position_embeddings + _POSITION_OFFSET, c.d_model)
         self.layernorm_embedding = nn.LayerNorm(c.d_model)
         self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.decoder_layers))
+        self.gradient_checkpointing = False
 
     def new_cache(self, memory: torch.Tensor, memory_mask: torch.Tensor | None, max_length: int) -> KVCache:
         """Precompute cross-attention keys/values of ``memory`` (B, S, D) and allocate self-attention
@@ -225,9 +244,9 @@ class Decoder(nn.Module):
         x = F.dropout(x, self.dropout, self.training)
         if cache is None:
             mask = None if memory_mask is None else memory_mask[:, None, None, :].bool()
+            checkpointed = self.gradient_checkpointing and self.training
             for layer in self.layers:
-                self_kv = layer.self_attn.project_kv(x)
-                x = layer(x, self_kv, layer.encoder_attn.project_kv(memory), mask, is_causal=T > 1)
+                x = run_layer(layer.forward_full, x, memory, mask, T > 1, checkpointed=checkpointed)
             return x
         end = start + T
         # one new token sees the whole prefix; a chunk after a prefix needs an offset causal mask
@@ -256,9 +275,14 @@ class LanguageModel(nn.Module):
         self.shared = nn.Embedding(c.vocab_size, c.d_model, padding_idx=c.pad_token_id)
         self.encoder = Encoder(c)
         self.decoder = Decoder(c)
+        # The output head is ``shared`` (tied). A separate module may replace it at inference time
+        # (an int8 copy, see florence2.quantization); it is not part of the checkpoint.
+        self.head: nn.Module | None = None
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.shared(ids) * self.embed_scale
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.head is not None:
+            return self.head(hidden)
         return F.linear(hidden, self.shared.weight)
