@@ -111,8 +111,9 @@ class Florence2:
         """Run tasks on one image (returns a result dict) or a list of images (a list of them).
 
         task: a task token (``"<OD>"``, ``"OD"``, ``"od"``), None for a free prompt in ``text``, or
-            a list of tasks: the vision encoder then runs once per image for all of them and their
-            results share one dict. With several tasks, ``text`` goes to the tasks that take text
+            a list of tasks: the vision encoder then runs once per image for all of them, their
+            prompts are decoded together as one batch (``batch_size`` images x tasks rows), and
+            their results share one dict. With several tasks, ``text`` goes to the tasks that take text
             and ``region`` to those that take a region.
         text: the task's text input (grounding, referring segmentation, open-vocabulary detection).
         region: the task's region input, an XYXY box in pixels of the original image.
@@ -152,29 +153,32 @@ class Florence2:
         pixel_values, sizes = self.processor.image_processor.preprocess(list(images))
         results: list[dict[str, Any]] = [{} for _ in sizes]
         sequence_scores: list[dict[str, float]] = [{} for _ in sizes]
-        tokenizer = self.processor.tokenizer
+        # every (task, image) pair is one row of a single padded batch: the decoder reads its
+        # weights once per step for all of them
+        rows = [(i, task, text, region) for task, text, region in requests for i in range(len(sizes))]
+        prompts = [self.processor.build_prompt(task, text, region, sizes[i]) for i, task, text, region in rows]
+        input_ids, mask = self.processor.tokenize(prompts, self.num_image_tokens)
         device = self.model.device
         with torch.inference_mode():
             features = self.model.encode_image(pixel_values.to(device))  # once for every task
-            for task, text, region in requests:
-                prompts = [self.processor.build_prompt(task, text, region, size) for size in sizes]
-                input_ids, mask = self.processor.tokenize(prompts, self.num_image_tokens)
-                memory, memory_mask = self.model.encode(features, input_ids.to(device), mask.to(device))
-                out = generate(self.model, memory, memory_mask, options)
-                sequences, logprobs = out.sequences.cpu(), out.token_logprobs.cpu()
-                texts = self.processor.batch_decode(sequences)
-                for i, (answer, size) in enumerate(zip(texts, sizes)):
-                    scores = TokenScores.from_generation(tokenizer, sequences[i], logprobs[i])
-                    parsed = self.processor.post_process_generation(answer, task, size, scores=scores)
-                    key = next(iter(parsed))
-                    results[i][key] = filter_result(parsed[key], score_threshold, nms_iou)
-                    sequence_scores[i][key] = sequence_score(
-                        sequences[i],
-                        logprobs[i],
-                        eos_token_id=options.eos_token_id,
-                        pad_token_id=options.pad_token_id,
-                        forced_eos_at=options.total_length - 1,
-                    )
+            if len(requests) > 1:
+                features = features[torch.tensor([i for i, *_ in rows], device=device)]
+            memory, memory_mask = self.model.encode(features, input_ids.to(device), mask.to(device))
+            out = generate(self.model, memory, memory_mask, options)
+        sequences, logprobs = out.sequences.cpu(), out.token_logprobs.cpu()
+        texts = self.processor.batch_decode(sequences)
+        for row, ((i, task, _, _), answer) in enumerate(zip(rows, texts)):
+            scores = TokenScores.from_generation(self.processor.tokenizer, sequences[row], logprobs[row])
+            parsed = self.processor.post_process_generation(answer, task, sizes[i], scores=scores)
+            key = next(iter(parsed))
+            results[i][key] = filter_result(parsed[key], score_threshold, nms_iou)
+            sequence_scores[i][key] = sequence_score(
+                sequences[row],
+                logprobs[row],
+                eos_token_id=options.eos_token_id,
+                pad_token_id=options.pad_token_id,
+                forced_eos_at=options.total_length - 1,
+            )
         for result, seq in zip(results, sequence_scores):
             result["sequence_scores"] = seq
         return results

@@ -154,7 +154,9 @@ class DecoderLayer(_PostNormLayer):
 class KVCache:
     """Decoder state for incremental decoding of ``batch`` sequences up to ``max_length`` tokens.
 
-    ``self_k[i]``/``self_v[i]``: (batch, nh, max_length, hd) preallocated, filled up to ``length``.
+    ``self_k[i]``/``self_v[i]``: (batch, nh, capacity, hd) buffers filled up to ``length``; the
+    capacity starts small and doubles when a step needs more (up to ``max_length``), so memory
+    follows the answer's length rather than the longest possible one, at an amortised O(1) copy cost.
     ``cross_k[i]``/``cross_v[i]``: (batch, nh, S, hd), projected once from the encoder output.
     """
 
@@ -165,11 +167,40 @@ class KVCache:
         cross_k: list[torch.Tensor],
         cross_v: list[torch.Tensor],
         memory_mask: torch.Tensor | None,
+        max_length: int | None = None,
     ) -> None:
         self.self_k, self.self_v = self_k, self_v
         self.cross_k, self.cross_v = cross_k, cross_v
         self.memory_mask = memory_mask
+        self.max_length = max_length if max_length is not None else (self_k[0].shape[2] if self_k else 0)
         self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.self_k[0].shape[2] if self.self_k else 0
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``k``/``v`` (batch, nh, T, hd) of ``layer`` after the cached prefix; return the layer's
+        keys and values so far. ``length`` moves on once every layer has appended (see ``advance``)."""
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            self._grow(end)
+        self.self_k[layer][:, :, self.length : end] = k
+        self.self_v[layer][:, :, self.length : end] = v
+        return self.self_k[layer][:, :, :end], self.self_v[layer][:, :, :end]
+
+    def advance(self, steps: int) -> None:
+        self.length += steps
+
+    def _grow(self, needed: int) -> None:
+        if needed > self.max_length:
+            raise ValueError(f"decoder cache holds {self.max_length} tokens, {needed} requested")
+        capacity = min(self.max_length, max(needed, 2 * self.capacity))
+        for buffers in (self.self_k, self.self_v):
+            for i, old in enumerate(buffers):
+                new = old.new_empty(*old.shape[:2], capacity, old.shape[3])
+                new[:, :, : self.length] = old[:, :, : self.length]
+                buffers[i] = new
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows ``index`` (beam search: each surviving beam takes its parent's history).
@@ -212,19 +243,21 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.decoder_layers))
         self.gradient_checkpointing = False
 
-    def new_cache(self, memory: torch.Tensor, memory_mask: torch.Tensor | None, max_length: int) -> KVCache:
+    def new_cache(
+        self, memory: torch.Tensor, memory_mask: torch.Tensor | None, max_length: int, initial_length: int = 64
+    ) -> KVCache:
         """Precompute cross-attention keys/values of ``memory`` (B, S, D) and allocate self-attention
-        buffers for ``max_length`` decoder tokens."""
+        buffers for ``initial_length`` decoder tokens, growing on demand up to ``max_length``."""
         B = memory.shape[0]
         nh = self.config.decoder_attention_heads
         hd = self.config.d_model // nh
         cross = [layer.encoder_attn.project_kv(memory) for layer in self.layers]
-        new = lambda: memory.new_empty(B, nh, max_length, hd)  # noqa: E731
+        capacity = min(max_length, initial_length)
+        new = lambda: memory.new_empty(B, nh, capacity, hd)  # noqa: E731
         n = len(self.layers)
         mask = None if memory_mask is None else memory_mask[:, None, None, :].bool()
-        return KVCache(
-            [new() for _ in range(n)], [new() for _ in range(n)], [k for k, _ in cross], [v for _, v in cross], mask
-        )
+        self_k, self_v = [new() for _ in range(n)], [new() for _ in range(n)]
+        return KVCache(self_k, self_v, [k for k, _ in cross], [v for _, v in cross], mask, max_length)
 
     def forward(
         self,
@@ -255,13 +288,10 @@ class Decoder(nn.Module):
             q_pos = torch.arange(start, end, device=x.device)[:, None]
             self_mask = torch.arange(end, device=x.device)[None, :] <= q_pos
         for i, layer in enumerate(self.layers):
-            k, v = layer.self_attn.project_kv(x)
-            cache.self_k[i][:, :, start:end] = k
-            cache.self_v[i][:, :, start:end] = v
-            self_kv = (cache.self_k[i][:, :, :end], cache.self_v[i][:, :, :end])
+            self_kv = cache.append(i, *layer.self_attn.project_kv(x))
             cross_kv = (cache.cross_k[i], cache.cross_v[i])
             x = layer(x, self_kv, cross_kv, cache.memory_mask, self_mask, is_causal=T > 1 and start == 0)
-        cache.length = end
+        cache.advance(T)
         return x
 
 
