@@ -15,12 +15,13 @@ naming them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -234,11 +235,28 @@ def load_model(
     config = read_config(folder)
     state = convert_state_dict(read_weights(folder))
     dtype = _parse_dtype(dtype)
-    with torch.device("meta"):
+    with _without_init():  # uninitialised tensors: the checkpoint fills every one
         model = Florence2Model(config)
-    model = model.to_empty(device="cpu")
     load_state_dict_strict(model, state)
     return model.to(device=device or "cpu", dtype=dtype).eval()
+
+
+@contextlib.contextmanager
+def _without_init() -> Iterator[None]:
+    """Skip ``torch.nn.init`` while building a model whose tensors the checkpoint fills anyway.
+
+    Building on the CPU without initialisers costs only the allocation; building on the meta device
+    would route the constructors' tensor ops through decompositions that import ``torch._dynamo``
+    (seconds on every cold start)."""
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {name: getattr(torch.nn.init, name) for name in names}
+    try:
+        for name in names:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
 
 
 def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
