@@ -482,6 +482,7 @@ def test_cli_eval_on_a_split(split, tmp_path: Path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "| od_mAP50 | 1.0000 | >= 0.7 (reached) |" in printed  # 4 decimals hide COCO's 1 - 1e-16
     document = json.loads(out.read_text())
+    assert document["command"].startswith(f"florence2 eval --split {folder} --out {out}")
     assert document["figures"]["ocr_exact_match"] == 1.0
     assert document["targets"]["caption_all_named"] == {"target": 0.8, "reached": True}
 
@@ -517,8 +518,23 @@ class _LazyPredictor:
 def test_cli_rejects_unknown_tasks_and_needs_a_split():
     with pytest.raises(SystemExit):
         _parse(["--split", "x", "--task", "REGION_TO_CATEGORY"])
+    args = _parse([])  # the benchmark subcommands need no split, so the check runs with the command
     with pytest.raises(SystemExit):
-        _parse([])
+        args.func(args)
+    with pytest.raises(SystemExit):
+        _parse(["synthetic"])
+
+
+def test_cli_synthetic_subcommand_and_default_are_the_same_command():
+    default = _parse(["--num-images", "200", "--seed", "777", "--scene-size", "128"])
+    sub = _parse(["synthetic", "--num-images", "200", "--seed", "777", "--scene-size", "128"])
+    assert default.func is sub.func is eval_cli.cmd_synthetic
+    for name in ("num_images", "seed", "scene_size", "split", "task", "batch_size"):
+        assert getattr(default, name) == getattr(sub, name), name
+    assert eval_cli.command_line(default) == "florence2 eval --num-images 200"  # 777 and 128 are the defaults
+    assert eval_cli.command_line(sub) == "florence2 eval synthetic --num-images 200"
+    tasks = _parse(["--split", "s", "--task", "od", "--task", "ocr", "--progress", "--check-targets"])
+    assert eval_cli.command_line(tasks) == "florence2 eval --split s --task '<OD>' --task '<OCR>' --check-targets"
 
 
 def test_format_report_marks_targets():

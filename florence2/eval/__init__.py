@@ -1,15 +1,30 @@
-"""Evaluation: metrics (pure functions) and the synthetic-world benchmark runner.
+"""Evaluation: metrics (pure functions), the synthetic-world evaluation, and the standard-benchmark
+runners (COCO detection, COCO / NoCaps / TextCaps captions, RefCOCO REC/RES, Flickr30k Entities
+grounding, OCR) with exporters of a synthetic split into those benchmarks' formats.
 
-pycocotools (detection mAP) and pycocoevalcap (CIDEr-D) come with the ``eval`` extra and are
-imported only when a figure needs them.
+pycocotools (mAP) and pycocoevalcap (BLEU, METEOR, ROUGE-L, CIDEr-D) come with the ``eval`` extra
+and are imported only when a figure needs them. Modules: :mod:`~florence2.eval.metrics`,
+:mod:`~florence2.eval.synthetic`, :mod:`~florence2.eval.datasets` (readers),
+:mod:`~florence2.eval.benchmarks` (runners), :mod:`~florence2.eval.export`,
+:mod:`~florence2.eval.runner` (batching), :mod:`~florence2.eval.cli`.
 """
 
+from florence2.eval.benchmarks import (
+    evaluate_captions,
+    evaluate_coco_detection,
+    evaluate_flickr30k,
+    evaluate_ocr,
+    evaluate_refcoco,
+)
+from florence2.eval.export import export_all
 from florence2.eval.metrics import (
     box_iou,
     caption_category_recall,
+    caption_scores,
     cider_available,
     cider_d,
     coco_detection_map,
+    coco_evaluate,
     edit_distance,
     grounding_recall_at_1,
     mask_iou,
@@ -17,7 +32,9 @@ from florence2.eval.metrics import (
     ocr_scores,
     polygon_iou,
     rasterize_polygons,
+    rec_accuracy,
     referring_miou,
+    segmentation_scores,
 )
 from florence2.eval.synthetic import DEFAULT_TASKS, TARGETS, TASK_EVALS, check_targets, evaluate_synthetic
 
@@ -27,17 +44,27 @@ __all__ = [
     "TASK_EVALS",
     "box_iou",
     "caption_category_recall",
+    "caption_scores",
     "check_targets",
     "cider_available",
     "cider_d",
     "coco_detection_map",
+    "coco_evaluate",
     "edit_distance",
+    "evaluate_captions",
+    "evaluate_coco_detection",
+    "evaluate_flickr30k",
+    "evaluate_ocr",
+    "evaluate_refcoco",
     "evaluate_synthetic",
+    "export_all",
     "grounding_recall_at_1",
     "mask_iou",
     "ocr_region_scores",
     "ocr_scores",
     "polygon_iou",
     "rasterize_polygons",
+    "rec_accuracy",
     "referring_miou",
+    "segmentation_scores",
 ]

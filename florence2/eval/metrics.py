@@ -11,38 +11,55 @@ Conventions shared by every function here:
 * Text comparisons first collapse whitespace runs (line breaks included) to single spaces and strip
   the ends (:func:`normalize_text`); case and punctuation count.
 
-Detection mAP comes from pycocotools and CIDEr-D from pycocoevalcap (the ``eval`` extra, imported
-lazily); everything else is computed here.
+Detection mAP comes from pycocotools and the caption metrics (BLEU, METEOR, ROUGE-L, CIDEr-D) from
+pycocoevalcap (the ``eval`` extra, imported lazily; METEOR and coco-caption's PTB tokenizer need
+Java); everything else is computed here. Polygons become masks through
+:func:`florence2.convert.rasterize_polygons`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import math
+import os
 import re
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from florence2.convert import rasterize_polygons
+from florence2.scoring import box_iou
+
 __all__ = [
+    "COCO_STATS",
     "box_iou",
     "caption_category_recall",
+    "caption_scores",
     "cider_available",
     "cider_d",
     "coco_detection_dicts",
     "coco_detection_map",
+    "coco_evaluate",
     "edit_distance",
     "grounding_recall_at_1",
+    "java_available",
     "mask_iou",
     "normalize_text",
     "ocr_region_scores",
     "ocr_scores",
     "polygon_iou",
+    "ptb_tokenize",
     "rasterize_polygons",
+    "rec_accuracy",
     "referring_miou",
+    "segmentation_scores",
     "tokenize_caption",
 ]
 
@@ -53,89 +70,6 @@ _EVAL_EXTRA = "pip install 'florence2[eval]'"
 # --------------------------------------------------------------------------------------------------
 # Boxes and masks
 # --------------------------------------------------------------------------------------------------
-
-
-def box_iou(boxes_a: Any, boxes_b: Any) -> np.ndarray:
-    """Pairwise IoU of two sets of XYXY boxes.
-
-    Args:
-        boxes_a: ``(N, 4)`` boxes (or one ``(4,)`` box), XYXY pixels.
-        boxes_b: ``(M, 4)`` boxes (or one ``(4,)`` box).
-
-    Returns:
-        ``(N, M)`` float64 IoU; boxes of zero area have IoU 0 with everything.
-    """
-    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(bottom_right - top_left, 0, None), axis=-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
-def _flat_polygons(polygons: Any) -> list[np.ndarray]:
-    """Every flat polygon in ``polygons``, at any nesting depth, as ``(K, 2)`` vertex arrays."""
-    if len(polygons) == 0:
-        return []
-    if isinstance(polygons[0], (int, float, np.number)):
-        values = np.asarray(polygons, dtype=np.float64)
-        return [values[: len(values) // 2 * 2].reshape(-1, 2)]
-    return [p for item in polygons for p in _flat_polygons(item)]
-
-
-def _fill_polygon(mask: np.ndarray, points: np.ndarray) -> None:
-    """Set (in place) the pixels of ``mask`` whose centres lie inside the polygon ``points`` (K, 2),
-    even-odd rule: per row of pixel centres, the sorted x of the edge crossings pair up into spans."""
-    height, width = mask.shape
-    row0 = max(0, math.ceil(points[:, 1].min() - 0.5))
-    row1 = min(height, math.ceil(points[:, 1].max() - 0.5))
-    if row0 >= row1:
-        return
-    ys = np.arange(row0, row1) + 0.5  # (R,) centres
-    a, b = points, np.roll(points, -1, axis=0)
-    ya, yb = a[:, 1:2], b[:, 1:2]  # (E, 1)
-    crosses = (ya > ys) != (yb > ys)  # (E, R); half-open, so a vertex on a row counts once
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xs = np.where(crosses, a[:, 0:1] + (ys - ya) * (b[:, 0:1] - a[:, 0:1]) / (yb - ya), np.inf)
-    xs = np.sort(xs, axis=0)  # (E, R), the inf of edges that miss a row last
-    x_in, x_out = xs[0 : len(xs) - 1 : 2], xs[1::2]  # (E // 2, R)
-    valid = np.isfinite(x_out)
-    # Centre i + 0.5 lies in [x_in, x_out) for i in [ceil(x_in - 0.5), ceil(x_out - 0.5)).
-    start = np.clip(np.ceil(x_in[valid] - 0.5), 0, width).astype(np.int64)
-    stop = np.clip(np.ceil(x_out[valid] - 0.5), 0, width).astype(np.int64)
-    rows = np.broadcast_to(np.arange(row1 - row0), valid.shape)[valid]
-    edges = np.zeros((row1 - row0, width + 1), dtype=np.int64)
-    np.add.at(edges, (rows, start), 1)
-    np.add.at(edges, (rows, stop), -1)
-    mask[row0:row1] |= np.cumsum(edges[:, :width], axis=1) > 0
-
-
-def rasterize_polygons(polygons: Any, image_size: ImageSize) -> np.ndarray:
-    """The union of polygons as a boolean mask at the image size.
-
-    The one rasteriser of the evaluation: ground truth and predictions go through it alike. A pixel
-    is set when its centre lies inside a polygon (even-odd rule), the convention the synthetic world
-    draws and annotates with. Pillow's polygon fill is not used: it also fills the boundary pixels,
-    which grows a shape by about a pixel per row and column and inflates the IoU of small objects.
-
-    Args:
-        polygons: one flat polygon ``[x0, y0, x1, y1, ...]``, a list of them, or the official
-            segmentation result ``[[flat, ...] per instance]`` (any nesting: every list of numbers is
-            one polygon); float pixels of the image. Polygons with fewer than 3 vertices or with a
-            non-finite coordinate have no area and are skipped.
-        image_size: ``(width, height)`` of the image.
-
-    Returns:
-        ``(height, width)`` bool mask.
-    """
-    mask = np.zeros((int(image_size[1]), int(image_size[0])), dtype=bool)
-    for points in _flat_polygons(polygons):
-        if len(points) >= 3 and np.all(np.isfinite(points)):
-            _fill_polygon(mask, points)
-    return mask
 
 
 def mask_iou(mask_a: np.ndarray, mask_b: np.ndarray) -> float:
@@ -150,20 +84,17 @@ def polygon_iou(predicted: Any, ground_truth: Any, image_size: ImageSize) -> flo
     return mask_iou(rasterize_polygons(predicted, image_size), rasterize_polygons(ground_truth, image_size))
 
 
-def referring_miou(pairs: Iterable[tuple[Any, Any, ImageSize]]) -> dict[str, float | None]:
-    """Referring segmentation scores.
-
-    Args:
-        pairs: ``(predicted_polygons, ground_truth_polygons, image_size)`` per referring expression;
-            polygons in any form :func:`rasterize_polygons` takes (the predicted instances are united).
+def segmentation_scores(pairs: Iterable[tuple[np.ndarray, np.ndarray]]) -> dict[str, float | None]:
+    """Referring segmentation scores of ``(predicted_mask, ground_truth_mask)`` pairs (bool, one
+    shape per pair).
 
     Returns:
-        ``{"mIoU": mean of per-expression IoU, "oIoU": total intersection / total union (pixels),
-        "P@0.5": fraction with IoU >= 0.5}``; ``None`` each when there are no pairs.
+        ``{"mIoU": mean of per-pair IoU, "oIoU": total intersection / total union (pixels),
+        "P@0.5": fraction with IoU >= 0.5}``; ``None`` each when there are no pairs. A pair whose
+        masks are both empty has IoU 0.
     """
     ious, inter, union = [], 0, 0
-    for predicted, ground_truth, size in pairs:
-        pred_mask, gt_mask = rasterize_polygons(predicted, size), rasterize_polygons(ground_truth, size)
+    for pred_mask, gt_mask in pairs:
         i, u = np.count_nonzero(pred_mask & gt_mask), np.count_nonzero(pred_mask | gt_mask)
         ious.append(i / u if u else 0.0)
         inter, union = inter + i, union + u
@@ -174,6 +105,39 @@ def referring_miou(pairs: Iterable[tuple[Any, Any, ImageSize]]) -> dict[str, flo
         "oIoU": inter / union if union else 0.0,
         "P@0.5": float(np.mean(np.asarray(ious) >= 0.5)),
     }
+
+
+def referring_miou(pairs: Iterable[tuple[Any, Any, ImageSize]]) -> dict[str, float | None]:
+    """Referring segmentation scores of polygons (:func:`segmentation_scores` on their masks).
+
+    Args:
+        pairs: ``(predicted_polygons, ground_truth_polygons, image_size)`` per referring expression;
+            polygons in any form :func:`rasterize_polygons` takes (the predicted instances are united).
+    """
+    return segmentation_scores(
+        (rasterize_polygons(predicted, size), rasterize_polygons(truth, size)) for predicted, truth, size in pairs
+    )
+
+
+def rec_accuracy(
+    pairs: Iterable[tuple[Sequence[float] | None, Sequence[float]]], iou_threshold: float = 0.5
+) -> dict[str, float | int | None]:
+    """Referring expression comprehension accuracy: the fraction of expressions whose predicted box
+    has IoU >= ``iou_threshold`` with the referred object's box.
+
+    Args:
+        pairs: ``(predicted_box or None, ground_truth_box)`` per expression, XYXY pixels; None (the
+            model found nothing) is a miss.
+
+    Returns:
+        ``{"accuracy": hits / expressions (None without any), "expressions": count}``.
+    """
+    hits = total = 0
+    for predicted, truth in pairs:
+        total += 1
+        if predicted is not None and len(predicted) == 4 and box_iou(predicted, truth)[0, 0] >= iou_threshold:
+            hits += 1
+    return {"accuracy": hits / total if total else None, "expressions": total}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -242,10 +206,55 @@ def coco_detection_dicts(
     return {"images": images, "annotations": annotations, "categories": categories}, results
 
 
+COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def coco_evaluate(
+    gt_dataset: Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    iou_type: str = "bbox",
+    image_ids: Sequence[int] | None = None,
+) -> dict[str, float | None]:
+    """pycocotools' ``COCOeval`` on a ground-truth dataset and detection results, in memory.
+
+    The same numbers as ``COCOeval(COCO(gt_file), COCO(gt_file).loadRes(results_file), iou_type)``
+    followed by ``evaluate()``, ``accumulate()``, ``summarize()`` (neither input is modified).
+
+    Args:
+        gt_dataset: a COCO dataset (``images``, ``annotations``, ``categories``), e.g. a loaded
+            ``instances_val2017.json``.
+        results: COCO results (``image_id``, ``category_id``, ``bbox`` XYWH or ``segmentation``,
+            ``score``).
+        iou_type: ``"bbox"`` or ``"segm"``.
+        image_ids: evaluate only these images (``params.imgIds``); default every image of the dataset.
+
+    Returns:
+        The 12 summary statistics under :data:`COCO_STATS` names (``AP`` = AP@[.5:.95], ``AP50``,
+        ``AP75``, ``APs``/``APm``/``APl`` by area, ``AR1``/``AR10``/``AR100`` recall at that many
+        detections, ``ARs``/``ARm``/``ARl``), fractions; None where COCO reports -1 (no ground truth in
+        that area range); every figure 0.0 for an empty result list (COCO cannot load one).
+    """
+    COCO, COCOeval = _import_pycocotools()
+    if not results:
+        return {name: 0.0 for name in COCO_STATS}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and the summary
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(dict(gt_dataset))  # COCOeval writes "ignore" into annotations
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(copy.deepcopy(list(results)))  # loadRes writes into its input
+        evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(int(i) for i in image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: (None if s < 0 else float(s)) for name, s in zip(COCO_STATS, evaluator.stats)}
+
+
 def coco_detection_map(
     gt_records: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping[str, Any]]
 ) -> dict[str, float | None]:
-    """COCO box mAP of detections, computed by pycocotools' ``COCOeval``.
+    """COCO box mAP of detections, computed by pycocotools' ``COCOeval`` (:func:`coco_evaluate`).
 
     Args:
         gt_records: annotation records (``width``, ``height``, ``objects`` with ``bbox`` XYXY pixels and
@@ -263,20 +272,8 @@ def coco_detection_map(
     gt_dict, results = coco_detection_dicts(gt_records, predictions)
     if not gt_dict["annotations"]:
         return {"mAP": None, "mAP50": None, "mAP75": None}
-    if not results:
-        return {"mAP": 0.0, "mAP50": 0.0, "mAP75": 0.0}  # loadRes cannot read an empty list
-    COCO, COCOeval = _import_pycocotools()
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and the summary
-        coco_gt = COCO()
-        coco_gt.dataset = gt_dict
-        coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(copy.deepcopy(results))  # loadRes writes into its input
-        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    stats = [float(s) for s in evaluator.stats[:3]]
-    return dict(zip(("mAP", "mAP50", "mAP75"), (max(s, 0.0) for s in stats)))
+    stats = coco_evaluate(gt_dict, results)
+    return {"mAP": stats["AP"] or 0.0, "mAP50": stats["AP50"] or 0.0, "mAP75": stats["AP75"] or 0.0}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -526,3 +523,141 @@ def cider_d(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> f
     score, _ = Cider().compute_score(refs, {i: [tokenize_caption(c)] for i, c in enumerate(candidates)})
     score = float(score)
     return score if math.isfinite(score) else 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Caption metrics of coco-caption: BLEU, METEOR, ROUGE-L, CIDEr-D
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def java_available() -> bool:
+    """Whether a working ``java`` is on the PATH (coco-caption's PTB tokenizer and METEOR need one)."""
+    java = shutil.which("java")
+    if java is None:
+        return False
+    try:
+        return subprocess.run([java, "-version"], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _evalcap_file(*parts: str) -> str:
+    try:
+        import pycocoevalcap
+    except ImportError as e:
+        raise ImportError(f"caption metrics need pycocoevalcap: {_EVAL_EXTRA}") from e
+    return os.path.join(list(pycocoevalcap.__path__)[0], *parts)
+
+
+def ptb_tokenize(sentences: Sequence[str]) -> list[str]:
+    """coco-caption's tokenisation: the Stanford PTB tokenizer shipped with pycocoevalcap (Java),
+    lower case, punctuation tokens dropped: ``"Two dogs, running."`` -> ``"two dogs running"``.
+
+    Runs one Java process for all sentences (line breaks inside a sentence become spaces), reading
+    a temporary file instead of writing into the installed package as pycocoevalcap's wrapper does.
+
+    Raises:
+        RuntimeError: Java is missing or the tokenizer fails.
+    """
+    from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, STANFORD_CORENLP_3_4_1_JAR
+
+    if not sentences:
+        return []
+    if not java_available():
+        raise RuntimeError("the PTB tokenizer needs Java (a 'java' on the PATH)")
+    jar = _evalcap_file("tokenizer", STANFORD_CORENLP_3_4_1_JAR)
+    lines = [" ".join(str(s).split()) for s in sentences]
+    with tempfile.TemporaryDirectory(prefix="florence2-ptb-") as tmp:
+        path = os.path.join(tmp, "sentences.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        command = ["java", "-Dfile.encoding=UTF-8", "-cp", jar, "edu.stanford.nlp.process.PTBTokenizer"]
+        command += ["-preserveLines", "-lowerCase", "-encoding", "UTF-8", path]
+        done = subprocess.run(command, capture_output=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"the PTB tokenizer failed: {done.stderr.decode('utf-8', 'replace')[-500:]}")
+    out = done.stdout.decode("utf-8", "replace").split("\n")
+    if len(out) < len(lines):
+        raise RuntimeError(f"the PTB tokenizer returned {len(out)} lines for {len(lines)} sentences")
+    punctuation = set(PUNCTUATIONS)
+    return [" ".join(w for w in line.rstrip().split(" ") if w and w not in punctuation) for line in out[: len(lines)]]
+
+
+def _meteor(references: dict[int, list[str]], candidates: dict[int, list[str]]) -> float:
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    scorer = Meteor()  # one Java process, loading its paraphrase table takes seconds
+    try:
+        score, _ = scorer.compute_score(references, candidates)
+    finally:
+        process = scorer.meteor_p
+        process.stdin.close()
+        process.kill()
+        process.wait()
+    return float(score)
+
+
+def caption_scores(
+    candidates: Sequence[str], references: Sequence[Sequence[str]], *, java: bool | None = None
+) -> dict[str, Any]:
+    """coco-caption's corpus scores of one candidate caption per image against its references.
+
+    The scorers are pycocoevalcap's: BLEU-1..4 (``Bleu(4)``, "closest" reference length), METEOR
+    1.5 (Java), ROUGE-L and CIDEr-D (``Cider``: the document frequencies come from the references
+    given, so the score depends on the whole corpus). Captions are tokenized first by the PTB
+    tokenizer (Java) as in coco-caption, or without Java by :func:`tokenize_caption`, which drops
+    punctuation likewise but splits some words differently (``"don't"``); METEOR is then None.
+
+    Args:
+        candidates: one caption per image.
+        references: the reference captions of each image (at least one each).
+        java: use Java (PTB tokenizer, METEOR): True, False, or None for "when available".
+
+    Returns:
+        ``{"BLEU-1", ..., "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}`` as fractions (CIDEr-D on its own
+        scale, 10x the mean cosine; papers print all of them x100), ``"tokenizer": "ptb"`` or
+        ``"simple"``, ``"images"``; ``"meteor_error"`` when METEOR's Java process failed (METEOR is
+        then None). Every figure None without images.
+
+    Raises:
+        ImportError: pycocoevalcap is missing; RuntimeError: ``java=True`` without a working Java.
+    """
+    if len(candidates) != len(references):
+        raise ValueError(f"{len(candidates)} candidates but {len(references)} reference lists")
+    if any(not refs for refs in references):
+        raise ValueError("every image needs at least one reference caption")
+    _evalcap_file()  # a clear ImportError before any work
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    use_java = java_available() if java is None else java
+    if use_java and not java_available():
+        raise RuntimeError("java=True but no working 'java' is on the PATH")
+    names = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+    figures: dict[str, Any] = {name: None for name in names}
+    figures.update(tokenizer="ptb" if use_java else "simple", images=len(candidates))
+    if not candidates:
+        return figures
+    flat = [str(c) for c in candidates] + [str(r) for refs in references for r in refs]
+    tokens = ptb_tokenize(flat) if use_java else [tokenize_caption(t) for t in flat]
+    res = {i: [tokens[i]] for i in range(len(candidates))}
+    gts, k = {}, len(candidates)
+    for i, refs in enumerate(references):
+        gts[i], k = tokens[k : k + len(refs)], k + len(refs)
+    with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its counts
+        bleu, _ = Bleu(4).compute_score(gts, res)
+    figures.update(zip(names[:4], (float(b) for b in bleu)))
+    figures["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
+    if any(ref for refs in gts.values() for ref in refs):
+        cider = float(Cider().compute_score(gts, res)[0])
+        figures["CIDEr"] = cider if math.isfinite(cider) else 0.0
+    else:
+        figures["CIDEr"] = 0.0
+    if use_java:
+        try:
+            figures["METEOR"] = _meteor(gts, res)
+        except (OSError, ValueError) as e:  # the JVM could not start (memory) or died mid-way
+            figures["meteor_error"] = f"{type(e).__name__}: {e}"[:300]
+    return figures

@@ -38,10 +38,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from florence2.data.samples import TARGET_BUILDERS
 from florence2.data.synthetic import CATEGORIES
@@ -59,6 +59,7 @@ from florence2.eval.metrics import (
     polygon_iou,
     referring_miou,
 )
+from florence2.eval.runner import Predictor, ProgressBar, Request, answer_requests, chunks
 from florence2.image import load_image
 from florence2.parsing import BANNED_GROUNDING_PHRASES
 from florence2.tasks import TASKS, get_task
@@ -76,12 +77,6 @@ __all__ = [
 
 # Images loaded and queried together; text tasks group their calls by text within a chunk.
 _CHUNK_IMAGES = 256
-
-
-class Predictor(Protocol):
-    """What the evaluator needs of a model: :meth:`florence2.Florence2.predict`'s signature."""
-
-    def predict(self, image: Any, task: Any = ..., text: str | None = ..., **kwargs: Any) -> Any: ...
 
 
 class Outcome(NamedTuple):
@@ -296,78 +291,6 @@ def check_targets(report: Mapping[str, Any], targets: Mapping[str, float] = TARG
 # --------------------------------------------------------------------------------------------------
 
 
-class _Request(NamedTuple):
-    image: int  # index into the chunk's images
-    task: str
-    text: str | None
-
-
-def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _answer(
-    predictor: Predictor,
-    images: Sequence[Any],
-    requests: Sequence[_Request],
-    batch_size: int,
-    decoding: Mapping[str, Any],
-    advance: Callable[[int], None],
-) -> dict[_Request, Any]:
-    """Each request's result (the inner result of its task), in as few ``predict`` calls as the
-    predictor's one-text-per-call interface allows."""
-    answers: dict[_Request, Any] = {}
-    # Tasks without input: one call per set of tasks, all of them on one vision encoding per image.
-    plain: dict[int, list[str]] = {}
-    for r in requests:
-        if r.text is None:
-            plain.setdefault(r.image, []).append(r.task)
-    by_tasks: dict[tuple[str, ...], list[int]] = {}
-    for image, tasks in plain.items():
-        by_tasks.setdefault(tuple(dict.fromkeys(tasks)), []).append(image)
-    for tasks, indices in by_tasks.items():
-        results = predictor.predict([images[i] for i in indices], list(tasks), batch_size=batch_size, **decoding)
-        for i, result in zip(indices, results):
-            for task in tasks:
-                answers[_Request(i, task, None)] = result[task]
-        advance(len(indices) * len(tasks))
-    # Text tasks: one call per (task, text), over every image that asks it.
-    by_text: dict[tuple[str, str], dict[int, None]] = {}  # ordered set of images per (task, text)
-    for r in requests:
-        if r.text is not None:
-            by_text.setdefault((r.task, r.text), {})[r.image] = None
-    for (task, text), asking in by_text.items():
-        indices = list(asking)
-        results = predictor.predict([images[i] for i in indices], task, text=text, batch_size=batch_size, **decoding)
-        for i, result in zip(indices, results):
-            answers[_Request(i, task, text)] = result[task]
-        advance(len(indices))
-    return answers
-
-
-class _Bar:
-    """A tqdm bar when asked for and installed, else nothing."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, unit="query", desc="evaluating")
-            except ImportError:
-                pass
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def evaluate_synthetic(
     predictor: Predictor,
     records: Sequence[dict],
@@ -410,20 +333,20 @@ def evaluate_synthetic(
     decoding = dict(decoding or {})
 
     queries = [[(e, text, truth) for e in evals for text, truth in e.queries(r)] for r in records]
-    bar = _Bar(sum(map(len, queries)), progress)
+    bar = ProgressBar(sum(map(len, queries)), progress)
     outcomes: dict[str, list[Outcome]] = {e.task: [] for e in evals}
     lines: list[dict[str, Any]] = []
     seconds = 0.0
     try:
-        for chunk in _chunks(range(len(records)), _CHUNK_IMAGES):
+        for chunk in chunks(range(len(records)), _CHUNK_IMAGES):
             images = [load_image(image_dir / records[i]["image"]) for i in chunk]
-            requests = [_Request(k, e.task, text) for k, i in enumerate(chunk) for e, text, _ in queries[i]]
+            requests = [Request(k, e.task, text) for k, i in enumerate(chunk) for e, text, _ in queries[i]]
             start = time.perf_counter()
-            answers = _answer(predictor, images, requests, batch_size, decoding, bar.update)
+            answers = answer_requests(predictor, images, requests, batch_size, decoding, bar.update)
             seconds += time.perf_counter() - start
             for k, i in enumerate(chunk):
                 for e, text, truth in queries[i]:
-                    outcome = Outcome(records[i], text, truth, answers[_Request(k, e.task, text)])
+                    outcome = Outcome(records[i], text, truth, answers[Request(k, e.task, text)].result)
                     outcomes[e.task].append(outcome)
                     if predictions_path is not None:
                         lines.append(
