@@ -24,7 +24,7 @@ from florence2.model.florence2 import Florence2Model
 from florence2.processor import Florence2Processor
 from florence2.quantization import QUANTIZATION_MODES, quantize_int8
 from florence2.scoring import TokenScores, filter_result, sequence_score
-from florence2.tasks import get_task
+from florence2.tasks import task_inputs
 from florence2.weights import load_model, resolve_checkpoint, save_model
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "model"
@@ -99,8 +99,8 @@ class Florence2:
         self,
         image: ImageSource | Sequence[ImageSource],
         task: str | Sequence[str] | None = "<CAPTION>",
-        text: str | None = None,
-        region: Sequence[float] | None = None,
+        text: str | Sequence[str | None] | None = None,
+        region: Sequence[float] | str | Sequence[Sequence[float] | str | None] | None = None,
         *,
         batch_size: int = 8,
         progress: bool = False,
@@ -115,8 +115,10 @@ class Florence2:
             prompts are decoded together as one batch (``batch_size`` images x tasks rows), and
             their results share one dict. With several tasks, ``text`` goes to the tasks that take text
             and ``region`` to those that take a region.
-        text: the task's text input (grounding, referring segmentation, open-vocabulary detection).
-        region: the task's region input, an XYXY box in pixels of the original image.
+        text: the task's text input (grounding, referring segmentation, open-vocabulary detection);
+            with a list of images, a list gives each image its own text.
+        region: the task's region input, an XYXY box in pixels of the original image (or its loc
+            tokens); with a list of images, a list of boxes gives each image its own region.
         score_threshold: drop boxes, quads and polygons scoring below this (0..1).
         nms_iou: per-label non-maximum suppression of regions overlapping more than this IoU.
         decoding: :class:`~florence2.generation.DecodingOptions` fields (``num_beams``, ...).
@@ -132,20 +134,24 @@ class Florence2:
         tasks = [task] if task is None or isinstance(task, str) else list(task)
         if not tasks:
             raise TaskError("no task given")
-        requests = [(t, *_inputs_for(t, text, region, len(tasks) > 1)) for t in tasks]
         single = not isinstance(image, (list, tuple))
         images = [image] if single else list(image)
+        texts = _per_image(text, len(images), single, "text", isinstance(text, (list, tuple)))
+        regions = _per_image(region, len(images), single, "region", _several_regions(region))
+        several = len(tasks) > 1
+        requests = [[(t, *task_inputs(t, txt, reg, several)) for t in tasks] for txt, reg in zip(texts, regions)]
         options = self.decoding_options(**decoding)
-        chunks = list(_chunks(images, max(1, batch_size)))
+        chunks = list(_chunks(range(len(images)), max(1, batch_size)))
         results: list[dict[str, Any]] = []
         for chunk in _progress(chunks, progress, total_items=len(images)):
-            results.extend(self._predict_batch(chunk, requests, options, score_threshold, nms_iou))
+            batch = [images[i] for i in chunk]
+            results.extend(self._predict_batch(batch, [requests[i] for i in chunk], options, score_threshold, nms_iou))
         return results[0] if single else results
 
     def _predict_batch(
         self,
         images: Sequence[ImageSource],
-        requests: list[tuple[str | None, str | None, Sequence[float] | None]],
+        requests: list[list[tuple[str | None, str | None, Sequence[float] | str | None]]],
         options: DecodingOptions,
         score_threshold: float | None = None,
         nms_iou: float | None = None,
@@ -155,13 +161,14 @@ class Florence2:
         sequence_scores: list[dict[str, float]] = [{} for _ in sizes]
         # every (task, image) pair is one row of a single padded batch: the decoder reads its
         # weights once per step for all of them
-        rows = [(i, task, text, region) for task, text, region in requests for i in range(len(sizes))]
+        # requests[i]: image i's (task, text, region) list, the same tasks in the same order for all
+        rows = [(i, *requests[i][k]) for k in range(len(requests[0])) for i in range(len(sizes))]
         prompts = [self.processor.build_prompt(task, text, region, sizes[i]) for i, task, text, region in rows]
         input_ids, mask = self.processor.tokenize(prompts, self.num_image_tokens)
         device = self.model.device
         with torch.inference_mode():
             features = self.model.encode_image(pixel_values.to(device))  # once for every task
-            if len(requests) > 1:
+            if len(rows) > len(sizes):
                 features = features[torch.tensor([i for i, *_ in rows], device=device)]
             memory, memory_mask = self.model.encode(features, input_ids.to(device), mask.to(device))
             out = generate(self.model, memory, memory_mask, options)
@@ -184,18 +191,24 @@ class Florence2:
         return results
 
 
-def _inputs_for(
-    task: str | None, text: str | None, region: Sequence[float] | None, several: bool
-) -> tuple[str | None, Sequence[float] | None]:
-    """The (text, region) input one task of a request gets."""
-    if not several or task is None:
-        return text, region
-    kind = get_task(task).input
-    if kind == "none":
-        return None, None
-    if kind == "text":
-        return text, None
-    return (text if region is None else None), region
+def _several_regions(region: Any) -> bool:
+    """True for a list of per-image regions, False for one region (a box or a loc-token string)."""
+    return (
+        isinstance(region, (list, tuple))
+        and len(region) > 0
+        and all(r is None or isinstance(r, (str, list, tuple)) for r in region)
+    )
+
+
+def _per_image(value: Any, count: int, single: bool, name: str, per_image: bool) -> list[Any]:
+    """``value`` for each of ``count`` images: a per-image list as it is, anything else repeated."""
+    if not per_image:
+        return [value] * count
+    if single:
+        raise TaskError(f"a list of {name}s needs a list of images (one {name} per image)")
+    if len(value) != count:
+        raise TaskError(f"{len(value)} {name}s for {count} images: give one {name} per image")
+    return list(value)
 
 
 def _progress(chunks: list, enabled: bool, total_items: int) -> Any:

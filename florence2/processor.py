@@ -56,7 +56,7 @@ class Florence2Processor:
         self,
         task: str | None,
         text: str | None = None,
-        region: Sequence[float] | None = None,
+        region: Sequence[float] | str | None = None,
         image_size: tuple[int, int] | None = None,
     ) -> str:
         return build_prompt(task, text, region, image_size)

@@ -3,10 +3,10 @@
 Greedy decoding on a CPU is bound by reading the decoder and the output head once per token, so
 storing those weights as int8 (4x fewer bytes than fp32) makes each token cheaper. Every
 ``nn.Linear`` of the language model (attention and MLP projections of encoder and decoder), the
-tied output head (a separate int8 copy of the token embedding; the embedding itself stays fp32), the
-image projection and, optionally, the vision tower becomes PyTorch's dynamically quantized linear layer: int8 weights with
-one scale per tensor, activations quantized on the fly per batch, int32 accumulation (fbgemm/x86
-kernels). Convolutions, layer norms and embeddings stay fp32.
+tied output head (a separate int8 copy of the token embedding; the embedding itself stays fp32),
+the image projection and, optionally, the vision tower becomes PyTorch's dynamically quantized
+linear layer: int8 weights with one scale per tensor, activations quantized on the fly per batch,
+int32 accumulation (fbgemm/x86 kernels). Convolutions, layer norms and embeddings stay fp32.
 
 The accuracy cost is measured by ``benchmarks/bench_inference.py --int8`` (image-feature cosine
 similarity, generated-token agreement with fp32) and reported in the README. GPUs use fp16/bf16

@@ -162,9 +162,13 @@ def get_task(name: str) -> TaskSpec:
 def _region_input(
     spec: TaskSpec,
     text: str | None,
-    region: Sequence[float] | None,
+    region: Sequence[float] | str | None,
     image_size: tuple[int, int] | None,
 ) -> str:
+    if isinstance(region, str):  # the region already as four location tokens
+        if text:
+            raise TaskError(f"{spec.token} takes a region or a text of four location tokens, not both")
+        text, region = region, None
     if region is not None:
         if text:
             raise TaskError(f"{spec.token} takes a region or a text of four location tokens, not both")
@@ -185,10 +189,29 @@ def _region_input(
     return text
 
 
+def task_inputs(
+    task: str | None, text: str | None, region: Sequence[float] | str | None, several: bool
+) -> tuple[str | None, Sequence[float] | str | None]:
+    """The (text, region) input one task of a request gets.
+
+    A request for one task passes its inputs through. With several tasks on one image, ``text`` goes
+    to the tasks that take text, ``region`` to those that take a region (a region task without a
+    region gets ``text``, which may hold four location tokens), and tasks without input get neither.
+    """
+    if not several or task is None:
+        return text, region
+    kind = get_task(task).input
+    if kind == "none":
+        return None, None
+    if kind == "text":
+        return text, None
+    return (text if region is None else None), region
+
+
 def build_prompt(
     task: str | None,
     text: str | None = None,
-    region: Sequence[float] | None = None,
+    region: Sequence[float] | str | None = None,
     image_size: tuple[int, int] | None = None,
 ) -> str:
     """Build the prompt the model reads for a task.

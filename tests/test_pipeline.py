@@ -189,3 +189,29 @@ def test_several_tasks_share_one_vision_encoding(predictor, images, monkeypatch)
             alone = predictor.predict(image, task, max_new_tokens=10, **TASK_INPUTS[spec.input])
             assert_same_result(merged[task], alone[task])
             assert merged["sequence_scores"][task] == pytest.approx(alone["sequence_scores"][task], rel=1e-4)
+
+
+def test_one_text_and_region_per_image_equals_separate_calls(predictor, images):
+    texts = ["a red circle", "the text HELLO 42", "a blue square"]
+    regions = [[5, 5, 40, 30], None, "<loc_10><loc_20><loc_300><loc_400>"]
+    together = predictor.predict(
+        images,
+        ["<CAPTION_TO_PHRASE_GROUNDING>", "<REGION_TO_CATEGORY>"],
+        text=texts,
+        region=[r or [1, 1, 20, 20] for r in regions],
+        max_new_tokens=10,
+    )
+    for image, text, region, merged in zip(images, texts, regions, together):
+        alone = predictor.predict(image, "<CAPTION_TO_PHRASE_GROUNDING>", text=text, max_new_tokens=10)
+        assert_same_result(merged["<CAPTION_TO_PHRASE_GROUNDING>"], alone["<CAPTION_TO_PHRASE_GROUNDING>"])
+        alone = predictor.predict(image, "<REGION_TO_CATEGORY>", region=region or [1, 1, 20, 20], max_new_tokens=10)
+        assert merged["<REGION_TO_CATEGORY>"] == alone["<REGION_TO_CATEGORY>"]
+
+
+def test_per_image_inputs_must_match_the_images(predictor, images):
+    with pytest.raises(TaskError, match="2 texts for 3 images"):
+        predictor.predict(images, "<CAPTION_TO_PHRASE_GROUNDING>", text=["a", "b"])
+    with pytest.raises(TaskError, match="needs a list of images"):
+        predictor.predict(images[0], "<CAPTION_TO_PHRASE_GROUNDING>", text=["a"])
+    with pytest.raises(TaskError, match="1 regions for 3 images"):
+        predictor.predict(images, "<REGION_TO_CATEGORY>", region=[[1, 1, 5, 5]])
