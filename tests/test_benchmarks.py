@@ -88,12 +88,13 @@ class TablePredictor:
     def predict(self, images, task, text=None, *, batch_size=8, **decoding):
         tasks = [task] if isinstance(task, str) else list(task)
         self.calls.append({"images": len(images), "tasks": tasks, "text": text, "batch_size": batch_size, **decoding})
+        texts = text if isinstance(text, list) else [text] * len(images)  # one text per image, or one for all
         results = []
-        for image in images:
+        for image, image_text in zip(images, texts):
             result = {"sequence_scores": {}}
             for t in tasks:
                 token = get_task(t).token
-                result[token] = self.table.get((Path(image).name, token, text), self.EMPTY.get(token, ""))
+                result[token] = self.table.get((Path(image).name, token, image_text), self.EMPTY.get(token, ""))
                 result["sequence_scores"][token] = 0.5
             results.append(result)
         return results
@@ -113,11 +114,12 @@ def test_predict_samples_groups_calls_and_passes_options(tmp_path: Path):
     assert [a.result["labels"] for a in answers] == [[], ["x"], []]
     assert all(a.sequence_score == 0.5 for a in answers) and seconds >= 0
     assert predictor.calls == [{"images": 3, "tasks": ["<OD>"], "text": None, "batch_size": 2, "num_beams": 1}]
-    # samples sharing a text run in one call; an image asked twice the same thing runs once
+    # samples of one task run in one call, each image with its own text; an image asked twice the
+    # same thing runs once
     texts = [Sample("1", images / "a.png", "x"), Sample("2", images / "b.png", "x"), Sample("3", images / "a.png", "y")]
     predictor = TablePredictor({})
     predict_samples(predictor, texts + texts[:1], "<CAPTION_TO_PHRASE_GROUNDING>", decoding={"score_threshold": 0.3})
-    assert [(c["images"], c["text"], c["score_threshold"]) for c in predictor.calls] == [(2, "x", 0.3), (1, "y", 0.3)]
+    assert [(c["images"], c["text"], c["score_threshold"]) for c in predictor.calls] == [(3, ["x", "x", "y"], 0.3)]
 
 
 # --------------------------------------------------------------------------------------------------

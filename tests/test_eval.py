@@ -339,12 +339,13 @@ class AnnotationPredictor:
     def predict(self, images, task, text=None, region=None, *, batch_size=8, progress=False, **decoding):
         tasks = [task] if isinstance(task, str) else list(task)
         self.calls.append((len(images), tuple(tasks), text, decoding))
+        texts = text if isinstance(text, list) else [text] * len(images)  # one text per image, or one for all
         results = []
-        for image in images:
+        for image, image_text in zip(images, texts):
             rec = self.records[_key(image)]
             result = {}
             for t in tasks:
-                answer = "" if self.empty else self._target(rec, t, text)
+                answer = "" if self.empty else self._target(rec, t, image_text)
                 result.update(post_process_generation(answer, t, (rec["width"], rec["height"])))
             results.append(result)
         return results

@@ -544,14 +544,23 @@ def test_requests_that_differ_are_batched_apart(serve, png):
         {"task": "OD"},
         {"task": "CAPTION"},
         {"task": "OD", "num_beams": "2"},
+        {"task": "CAPTION_TO_PHRASE_GROUNDING", "text": "a red circle"},
+        {"task": "CAPTION_TO_PHRASE_GROUNDING", "text": "two stars"},
     ]
     with ThreadPoolExecutor(len(requests)) as pool:
         responses = list(pool.map(lambda fields: post_file(client, png, **fields), requests))
     assert all(r.status_code == 200 for r in responses)
     sizes = [r.json()["timings"]["batch_size"] for r in responses]
-    assert sizes == [2, 2, 2, 2, 1]
+    assert sizes == [2, 2, 2, 2, 1, 2, 2]  # different texts share a batch: one text per image
     calls = sorted((c["task"], c["images"], tuple(c["decoding"].items())) for c in predictor.calls)
-    assert calls == [(["<CAPTION>"], 2, ()), (["<OD>"], 1, (("num_beams", 2),)), (["<OD>"], 2, ())]
+    assert calls == [
+        (["<CAPTION>"], 2, ()),
+        (["<CAPTION_TO_PHRASE_GROUNDING>"], 2, ()),
+        (["<OD>"], 1, (("num_beams", 2),)),
+        (["<OD>"], 2, ()),
+    ]
+    grounding = next(c for c in predictor.calls if c["task"] == ["<CAPTION_TO_PHRASE_GROUNDING>"])
+    assert sorted(grounding["text"]) == ["a red circle", "two stars"]
     assert all(c["batch_size"] == c["images"] for c in predictor.calls)
 
 

@@ -56,7 +56,8 @@ def answer_requests(
     decoding: Mapping[str, Any],
     advance: Callable[[int], None] = lambda n: None,
 ) -> dict[Request, Answer]:
-    """Each distinct request's answer, in as few ``predict`` calls as one text per call allows.
+    """Each distinct request's answer, in as few ``predict`` calls as possible (one per set of
+    input-free tasks, one per text task with each image's own text).
 
     Args:
         images: anything ``predict`` takes (paths, PIL images); requests index into it.
@@ -79,17 +80,19 @@ def answer_requests(
             for task in tasks:
                 answers[Request(i, task, None)] = _answer(result, task)
         advance(len(indices) * len(tasks))
-    # Text tasks: one call per (task, text), over every image that asks it.
-    by_text: dict[tuple[str, str], dict[int, None]] = {}  # ordered set of images per (task, text)
+    # Text tasks: one call per task over every (image, text) pair; each image gets its own text.
+    by_task: dict[str, dict[tuple[int, str], None]] = {}  # ordered set of (image, text) per task
     for r in requests:
         if r.text is not None:
-            by_text.setdefault((r.task, r.text), {})[r.image] = None
-    for (task, text), asking in by_text.items():
-        indices = list(asking)
-        results = predictor.predict([images[i] for i in indices], task, text=text, batch_size=batch_size, **decoding)
-        for i, result in zip(indices, results):
+            by_task.setdefault(r.task, {})[(r.image, r.text)] = None
+    for task, asking in by_task.items():
+        pairs = list(asking)
+        results = predictor.predict(
+            [images[i] for i, _ in pairs], task, text=[t for _, t in pairs], batch_size=batch_size, **decoding
+        )
+        for (i, text), result in zip(pairs, results):
             answers[Request(i, task, text)] = _answer(result, task)
-        advance(len(indices))
+        advance(len(pairs))
     return answers
 
 

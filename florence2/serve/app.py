@@ -82,8 +82,9 @@ EXAMPLES_DIR = DEFAULT_MODEL_DIR.parent / "examples"
 
 log = logging.getLogger("florence2.serve")
 
-# (tasks, text, region, sorted option items): requests with equal keys run in one predict call
-BatchKey = tuple[tuple[str, ...], str | None, tuple[float, ...] | None, tuple[tuple[str, Any], ...]]
+# (tasks, sorted option items): requests with equal keys run in one predict call, each image with
+# its own text and region
+BatchKey = tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]
 
 
 class ApiError(Exception):
@@ -494,14 +495,16 @@ def create_app(
     options = supported_options(predictor)
     examples = _load_examples()
 
-    def run_batch(key: Hashable, images: Sequence[Image.Image]) -> list[dict[str, Any]]:
-        tasks, text, region, option_items = key
+    def run_batch(key: Hashable, items: Sequence[tuple[Image.Image, str | None, Any]]) -> list[dict[str, Any]]:
+        tasks, option_items = key
+        texts = [text for _, text, _ in items]
+        regions = [None if region is None else list(region) for _, _, region in items]
         return predictor.predict(
-            list(images),
+            [image for image, _, _ in items],
             list(tasks),
-            text=text,
-            region=list(region) if region is not None else None,
-            batch_size=len(images),
+            text=texts if any(t is not None for t in texts) else None,
+            region=regions if any(r is not None for r in regions) else None,
+            batch_size=len(items),
             **dict(option_items),
         )
 
@@ -594,9 +597,9 @@ def create_app(
             check_region(region, image.size)
         check_inputs(tokens, text, region, image.size)
 
-        key: BatchKey = (tokens, text, region, tuple(sorted(chosen.items())))
+        key: BatchKey = (tokens, tuple(sorted(chosen.items())))
         try:
-            future = batcher.submit(key, image)
+            future = batcher.submit(key, (image, text, region))
         except QueueFullError as error:
             metrics.rejected.inc()
             raise ApiError(503, "queue_full", str(error), headers={"Retry-After": str(error.retry_after_s)}) from None
