@@ -188,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_eval_parser(sub)
 
+    from florence2.train.cli import add_finetune_parser
+
+    add_finetune_parser(sub)  # florence2 finetune: datasets in common formats, freezing, LoRA
+
+    from florence2.serve.cli import add_serve_parser  # FastAPI is imported only when the server runs
+
+    add_serve_parser(sub)
+
     t = sub.add_parser("tasks", help="list the tasks and their prompts")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_tasks)

@@ -237,16 +237,50 @@ def test_checkpoint_is_a_native_model_folder_with_logs(straight_run, tmp_path):
         assert png.format == "PNG" and png.width > 100
 
 
+def test_best_checkpoint_keeps_the_best_evaluation(processor, tmp_path):
+    scores = {2: 0.2, 4: 0.7, 6: 0.4}
+    eval_fn = lambda model, step: {"score": scores[step], "loss": 1.0 / step}
+    cfg = config(tmp_path, eval_every=2, best_metric="score")
+    trainer = Trainer(new_model(processor), processor, indexed_source(make_item), cfg, eval_fn)
+    trainer.train()
+    best = json.loads((tmp_path / "best" / "best.json").read_text())
+    assert best == {"metric": "eval/score", "value": 0.7, "step": 4}  # "score": higher is better
+    assert not (tmp_path / "best" / "trainer_state.pt").exists()
+    assert load_model(tmp_path / "best").config == trainer.model.config
+    assert TrainConfig(best_metric="eval/loss", eval_every=1).best_is_min
+    assert not TrainConfig(best_metric="od_mAP50", eval_every=1).best_is_min
+    with pytest.raises(ValueError, match="needs evaluations"):
+        TrainConfig(best_metric="loss")
+    with pytest.raises(ValueError, match="mixed_precision"):
+        TrainConfig(mixed_precision="fp8")
+    cfg = config(tmp_path / "other", eval_every=2, best_metric="accuracy")
+    with pytest.raises(KeyError, match="'accuracy' is not among the evaluation's metrics"):
+        Trainer(new_model(processor), processor, indexed_source(make_item), cfg, eval_fn).train()
+
+
 # --- DDP -----------------------------------------------------------------------------------------
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, init: str, out: str) -> None:
+def _strategy(model: Florence2Model, strategy: str) -> Florence2Model:
+    """Full training, or a frozen vision tower with LoRA on the language model's attention."""
+    if strategy == "lora":
+        from florence2.train.finetune import freeze
+        from florence2.train.lora import LoRAConfig, apply_lora
+
+        freeze(model, ["vision"])
+        torch.manual_seed(0)  # the adapters' initial A (DDP also broadcasts rank 0's at start)
+        apply_lora(model, LoRAConfig(rank=2, alpha=4, dropout=0.0, targets=("attention",)), freeze_base=False)
+    return model
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, init: str, out: str, strategy: str = "full") -> None:
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     torch.set_num_threads(1)
     predictor = Florence2.from_pretrained(init)
-    trainer = Trainer(predictor.model, predictor.processor, indexed_source(make_item), config(out, total_steps=3))
+    model = _strategy(predictor.model, strategy)
+    trainer = Trainer(model, predictor.processor, indexed_source(make_item), config(out, total_steps=3))
     trainer.train()
     torch.distributed.destroy_process_group()
 
@@ -257,12 +291,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_ddp_processes_match_one_process(processor, tmp_path):
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_two_ddp_processes_match_one_process(processor, tmp_path, strategy):
     init = tmp_path / "init"
     Florence2(new_model(processor, dropout=False), processor).save_pretrained(init)
     single = Florence2.from_pretrained(init)
-    Trainer(single.model, single.processor, indexed_source(make_item), config(tmp_path / "one", total_steps=3)).train()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(init), str(tmp_path / "two")), nprocs=2, join=True)
+    model = _strategy(single.model, strategy)
+    Trainer(model, single.processor, indexed_source(make_item), config(tmp_path / "one", total_steps=3)).train()
+    args = (2, _free_port(), str(init), str(tmp_path / "two"), strategy)
+    mp.spawn(_ddp_worker, args=args, nprocs=2, join=True)
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), abs=1e-5)
     a, b = read_weights(tmp_path / "one" / "checkpoint-last"), read_weights(tmp_path / "two" / "checkpoint-last")
     # attention key biases get a zero gradient in exact arithmetic (softmax ignores a shift), so

@@ -63,6 +63,7 @@ __all__ = [
     "BACKGROUND_COLORS",
     "CATEGORIES",
     "COLORS",
+    "EXTRA_SHAPES",
     "SHAPES",
     "SIZES",
     "TEXT_COLORS",
@@ -201,6 +202,16 @@ SHAPES: dict[str, _ShapeSpec] = {
 CATEGORIES = tuple(SHAPES)
 
 
+def _arrow(_: int) -> np.ndarray:
+    return np.array([(-1, -0.28), (0.2, -0.28), (0.2, -0.7), (1, 0), (0.2, 0.7), (0.2, 0.28), (-1, 0.28)], float)
+
+
+# Shapes outside the default world (not in CATEGORIES): a world draws one only when
+# WorldConfig.categories names it, e.g. to fine-tune on a category the embedded model never saw.
+EXTRA_SHAPES: dict[str, _ShapeSpec] = {"arrow": _ShapeSpec("arrows", 10.0, _arrow)}
+SHAPES.update(EXTRA_SHAPES)
+
+
 def _signed_area(points: np.ndarray) -> float:
     """Shoelace area of (N, 2) vertices; positive when they run clockwise on screen (y down)."""
     x, y = points[:, 0], points[:, 1]
@@ -297,7 +308,8 @@ def _grid_position(box: Sequence[float], width: int, height: int) -> str:
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """What a synthetic world may contain. Names select entries of ``SHAPES``, ``COLORS``, ``SIZES``,
+    """What a synthetic world may contain. Names select entries of ``SHAPES`` (by default the
+    ``CATEGORIES``; the ``EXTRA_SHAPES`` only when named), ``COLORS``, ``SIZES``,
     ``TEXTURES`` and ``WORDS``; lower ``max_objects``, fewer categories or ``text_probability=0`` make an
     easier world for the start of a curriculum.
 

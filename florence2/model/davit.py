@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from florence2.config import VisionConfig
 
@@ -194,11 +195,14 @@ class DaViT(nn.Module):
                 stage.append(DaViTBlock(spatial, channel))
             self.blocks.append(stage)
             offset += 2 * c.depths[i]
+        self.gradient_checkpointing = False
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = pixel_values.permute(0, 2, 3, 1)  # (B, H, W, 3)
+        checkpointed = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for conv, stage in zip(self.convs, self.blocks):
             x = conv(x)
             for block in stage:
-                x = block(x)
+                # recompute the block's activations in the backward pass (RNG replayed: same drop path)
+                x = checkpoint(block, x, use_reentrant=False) if checkpointed else block(x)
         return x

@@ -115,6 +115,13 @@ class Florence2Model(nn.Module):
         table.copy_(sinusoid_table(*table.shape))
         return self
 
+    def set_gradient_checkpointing(self, enabled: bool = True) -> Florence2Model:
+        """Recompute the activations of DaViT blocks and encoder/decoder layers in the backward pass
+        (training only): less memory, about a third more compute, the same numbers."""
+        for module in (self.vision_tower, self.language_model.encoder, self.language_model.decoder):
+            module.gradient_checkpointing = enabled
+        return self
+
     @property
     def device(self) -> torch.device:
         return self.language_model.shared.weight.device

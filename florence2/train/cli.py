@@ -1,4 +1,5 @@
-"""``florence2 train``: train on the synthetic world, from a checkpoint (``--model``) or a fresh tiny model.
+"""``florence2 train``: train on the synthetic world, from a checkpoint (``--model``) or a fresh tiny model;
+``florence2 finetune``: fine-tune a checkpoint on your own datasets (:mod:`florence2.train.finetune`).
 
     florence2 train --out runs/tiny --steps 2000 --batch-size 32 [--tasks CAPTION=2,OD=1,...]
     florence2 train --out runs/tiny --steps 4000 --resume          # continue after an interruption
@@ -111,7 +112,7 @@ def by_target_length(source: Callable[..., list]) -> Callable[..., list]:
 
     def sorted_source(step: int, rank: int, world_size: int, batch_size_per_rank: int) -> list:
         items = source(step, rank, world_size, batch_size_per_rank)
-        return sorted(items, key=lambda item: len(item["target"]))
+        return sorted(items, key=lambda item: len(item["target"] if isinstance(item, dict) else item.target))
 
     return sorted_source
 
@@ -237,4 +238,137 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     p.set_defaults(func=cmd_train)
+    return p
+
+
+# --- florence2 finetune ------------------------------------------------------------------------------
+
+
+def _task_list(text: str) -> list[str]:
+    try:
+        return [get_task(name).token for name in text.split(",") if name.strip()]
+    except TaskError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _groups(text: str) -> list[str]:
+    return [g.strip() for g in text.split(",") if g.strip()]
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from florence2.train.distributed import cleanup_distributed
+    from florence2.train.finetune import FinetuneConfig, finetune
+    from florence2.train.lora import LoRAConfig
+
+    if not args.data and args.steps != 0:
+        print("error: give at least one --data (or --steps 0 to only merge --adapter and save)", file=sys.stderr)
+        return 2
+    try:
+        lora = None
+        if args.lora:
+            targets = tuple(_groups(args.lora_targets))
+            lora = LoRAConfig(args.lora_rank, args.lora_alpha, args.lora_dropout, targets, args.lora_rslora)
+        config = FinetuneConfig(
+            out_dir=args.out,
+            data=tuple(args.data or ()),
+            model=args.model,
+            data_format=args.data_format,
+            tasks=tuple(t for group in args.task for t in group) if args.task else None,
+            task_weights=args.task_weights,
+            steps=args.steps,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            grad_accum=args.grad_accum,
+            lr=args.lr,
+            warmup_steps=args.warmup,
+            weight_decay=args.weight_decay,
+            clip_norm=args.clip_norm if args.clip_norm > 0 else None,
+            freeze=tuple(_groups(args.freeze or "")),
+            lora=lora,
+            adapter=args.adapter,
+            gradient_checkpointing=args.gradient_checkpointing,
+            mixed_precision=args.mixed_precision,
+            eval_fraction=args.eval_fraction,
+            eval_data=tuple(args.eval_data or ()),
+            eval_every=args.eval_every,
+            max_eval_examples=args.max_eval_examples or None,
+            best_metric=args.best_metric,
+            synthetic_eval=args.synthetic_eval,
+            long_targets=args.long_targets,
+            save_every=args.save_every,
+            log_every=args.log_every,
+            seed=args.seed,
+            device=args.device,
+            progress=args.progress,
+            resume=args.resume,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        finetune(config)
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``finetune`` to the ``florence2`` command's subparsers; ``args.func`` is :func:`cmd_finetune`."""
+    from florence2.data.formats import FORMATS
+    from florence2.train.finetune import FREEZE_GROUPS
+    from florence2.train.lora import TARGET_GROUPS
+
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a checkpoint on your datasets (1 process or torchrun)",
+        description="Datasets: FORMAT:PATH[:PATH][@tasks=A+B,weight=W,split=S] with FORMAT one of "
+        + ", ".join(f"{f.name} ({f.usage})" for f in FORMATS.values())
+        + ". See docs/finetuning.md.",
+    )
+    p.add_argument("--out", required=True, help="run folder: checkpoint-last/, best/, metrics.jsonl")
+    p.add_argument("--model", help="checkpoint folder (either layout) or hub id; default: the embedded model")
+    p.add_argument("--data", action="append", metavar="SPEC", help="a dataset (repeatable): FORMAT:PATH[:PATH][@...]")
+    p.add_argument("--data-format", choices=sorted(FORMATS), help="format of --data without a FORMAT: prefix")
+    p.add_argument("--task", action="append", type=_task_list, help="tasks of --data naming none (repeatable)")
+    p.add_argument("--task-weights", type=parse_task_weights, help="e.g. OD=2,CAPTION=1: how often each task is drawn")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimizer steps (0: only merge --adapter and save)")
+    length.add_argument("--epochs", type=float, default=3.0, help="passes over the training examples (default 3)")
+    p.add_argument("--batch-size", type=int, default=8, help="global batch over all processes (default 8)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-5; 1e-4 with --lora)")
+    p.add_argument("--warmup", type=int, help="linear warm-up steps (default 5%% of the steps)")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--clip-norm", type=float, default=1.0, help="gradient norm clip; 0 turns it off")
+    p.add_argument("--freeze", help=f"frozen groups, comma-separated: {', '.join(FREEZE_GROUPS)}")
+    p.add_argument("--lora", action="store_true", help="train LoRA adapters only; merged into the weights on save")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument(
+        "--lora-targets",
+        default="language",
+        help=f"comma-separated groups ({', '.join(TARGET_GROUPS)}) or layer names (q_proj, fc2, ...)",
+    )
+    p.add_argument(
+        "--lora-rslora", action="store_true", help="scale adapters by alpha/sqrt(rank) instead of alpha/rank"
+    )
+    p.add_argument("--adapter", help="a PEFT LoRA adapter folder to merge into --model first")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations: less memory")
+    p.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"], default="bf16", help="on CUDA; CPU is fp32")
+    evaluation = p.add_mutually_exclusive_group()
+    evaluation.add_argument("--eval-fraction", type=float, default=0.0, help="share of the images held out")
+    evaluation.add_argument("--eval-data", action="append", metavar="SPEC", help="a separate evaluation dataset")
+    p.add_argument("--eval-every", type=int, help="steps between evaluations (default: 10 per run)")
+    p.add_argument("--max-eval-examples", type=int, default=512, help="evaluate on at most this many (0: all)")
+    p.add_argument("--best-metric", help="keep best/ by this evaluation metric (default: loss)")
+    p.add_argument("--synthetic-eval", action="store_true", help="synthetic data: also evaluate od_mAP50 etc.")
+    p.add_argument("--long-targets", choices=["skip", "error"], default="skip", help="targets that do not fit")
+    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0, help="seeds the data order, the held-out split and dropout")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last if it exists")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(func=cmd_finetune)
     return p

@@ -21,9 +21,18 @@ Output folder::
     metrics.jsonl          one JSON object per logged step: step, loss, lr, grad_norm, samples_per_s,
                            elapsed, and eval/<name> for each metric of eval_fn
     metrics.png            curves of the above
-    train_config.json      the TrainConfig
+    train_config.json      the TrainConfig, and the optimizer's trainable and the model's total
+                           parameter counts
     checkpoint-last/       native transformers layout (config, model.safetensors, tokenizer,
-                           preprocessor) + trainer_state.pt, replaced atomically at each save
+                           preprocessor) + trainer_state.pt, replaced atomically at each save; with
+                           LoRA layers the weights are merged (a plain checkpoint) and the adapter
+                           is also written in PEFT's format to adapter/ (adapter_config.json,
+                           adapter_model.safetensors)
+    best/                  with ``best_metric``: the checkpoint with the best evaluation so far
+                           (no trainer state) and best.json (step, metric, value)
+
+Frozen parameters (``requires_grad=False``) are left out of the optimizer; LoRA layers
+(:mod:`florence2.train.lora`) train their adapters only and are merged on save.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from torch import nn
 from florence2.model.florence2 import Florence2Model
 from florence2.processor import Florence2Processor
 from florence2.train.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed
+from florence2.train.lora import count_parameters, has_lora, lora_layers, lora_state, merged_model, save_peft_adapter
 from florence2.train.plot import plot_metrics
 
 Item = Any  # {"image", "prompt", "target"} mapping or an object with those attributes
@@ -55,6 +65,9 @@ TrainSource = Callable[[int, int, int, int], Sequence[Item]]
 EvalFn = Callable[[Florence2Model, int], dict[str, float]]
 
 CHECKPOINT_NAME = "checkpoint-last"
+BEST_NAME = "best"
+BEST_FILE = "best.json"
+ADAPTER_DIR = "adapter"
 TRAINER_STATE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
@@ -72,9 +85,15 @@ class TrainConfig:
     clip_norm: clip the global gradient norm to this (None: no clipping; the norm is still logged).
     eval_every, save_every, log_every: in optimizer steps; 0 turns evaluation off, and saves happen
         only at the end. The last step always saves (and evaluates, when eval_every > 0).
-    bf16: autocast to bfloat16 on CUDA; the CPU always runs in float32.
+    mixed_precision: ``"bf16"`` or ``"fp16"`` autocast on CUDA (fp16 with a dynamic loss scale), or
+        ``"no"``; the CPU always runs in float32.
+    gradient_checkpointing: recompute activations in the backward pass (less memory, same numbers).
     device: None: ``cuda:LOCAL_RANK`` when available, else CPU.
-    max_target_length: targets are cut to this many tokens (None: the decoder's position limit).
+    max_target_length: targets are cut to this many tokens (None: the decoder's position limit), with
+        a warning; :mod:`florence2.train.finetune` filters long targets out before they get here.
+    best_metric: an ``eval_fn`` metric (``"loss"`` or ``"eval/loss"``); after each evaluation that
+        improves it the model is saved to ``out_dir/best``. best_mode: ``"min"``, ``"max"`` or
+        ``"auto"`` (min for names holding loss, cer, wer or error; max otherwise).
     """
 
     out_dir: str = "runs/florence2"
@@ -92,10 +111,13 @@ class TrainConfig:
     save_every: int = 0
     log_every: int = 10
     seed: int = 0
-    bf16: bool = True
+    mixed_precision: str = "bf16"
+    gradient_checkpointing: bool = False
     device: str | None = None
     progress: bool = True
     max_target_length: int | None = None
+    best_metric: str | None = None
+    best_mode: str = "auto"
 
     def __post_init__(self) -> None:
         if self.total_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -104,7 +126,19 @@ class TrainConfig:
             raise ValueError(f"batch_size {self.batch_size} must divide by grad_accum {self.grad_accum}")
         if min(self.eval_every, self.save_every, self.warmup_steps) < 0 or self.log_every < 1:
             raise ValueError("eval_every, save_every and warmup_steps must be >= 0 and log_every >= 1")
+        if self.mixed_precision not in ("bf16", "fp16", "no"):
+            raise ValueError(f"mixed_precision must be 'bf16', 'fp16' or 'no', got {self.mixed_precision!r}")
+        if self.best_mode not in ("auto", "min", "max"):
+            raise ValueError(f"best_mode must be 'auto', 'min' or 'max', got {self.best_mode!r}")
+        if self.best_metric is not None and self.eval_every == 0:
+            raise ValueError("best_metric needs evaluations: set eval_every > 0")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+
+    @property
+    def best_is_min(self) -> bool:
+        if self.best_mode != "auto":
+            return self.best_mode == "min"
+        return any(word in (self.best_metric or "").lower() for word in ("loss", "cer", "wer", "error"))
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -138,6 +172,9 @@ def collate(
     target_ids, target_mask = processor.tokenizer([_field(it, "target") for it in items])
     labels = target_ids.masked_fill(target_mask == 0, IGNORE_INDEX)
     limit = max_target_length or processor.max_positions
+    if labels.shape[1] > limit:
+        longest = int(target_mask.sum(1).max())
+        warnings.warn(f"a target of {longest} tokens is cut to {limit} (the decoder's limit)", stacklevel=2)
     return {
         "pixel_values": pixel_values,
         "input_ids": input_ids,
@@ -230,11 +267,15 @@ class Trainer:
         train_source: TrainSource,
         config: TrainConfig,
         eval_fn: EvalFn | None = None,
+        extra_files: Callable[[Path], None] | None = None,
     ) -> None:
+        """``extra_files(folder)`` adds files to every checkpoint folder written (``checkpoint-last``
+        and ``best``) before it is moved into place, e.g. a generation config to keep."""
         self.config = config
         self.processor = processor
         self.train_source = train_source
         self.eval_fn = eval_fn
+        self.extra_files = extra_files
         self.dist: DistInfo = setup_distributed(config.device)
         world = self.dist.world_size
         if config.batch_size % (world * config.grad_accum):
@@ -244,6 +285,8 @@ class Trainer:
         self.batch_size_per_rank = config.batch_size // world
         self.micro_batch_size = self.batch_size_per_rank // config.grad_accum
         self.device = self.dist.device
+        if config.gradient_checkpointing:
+            model.set_gradient_checkpointing(True)
         self.model = model.to(self.device).train()
         self.num_image_tokens = model.config.num_image_tokens(processor.image_size)
         self.wrapped: nn.Module = model
@@ -256,10 +299,22 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.wrapped = DistributedDataParallel(model, device_ids=device_ids)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("every parameter is frozen: nothing to train")
         self.optimizer = torch.optim.AdamW(
             param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, eps=config.eps
         )
-        self.autocast = self.device.type == "cuda" and config.bf16
+        self.num_trainable = count_parameters(p for g in self.optimizer.param_groups for p in g["params"])
+        self.num_parameters = count_parameters(model.parameters())
+        self.autocast = self.device.type == "cuda" and config.mixed_precision != "no"
+        self.autocast_dtype = torch.float16 if config.mixed_precision == "fp16" else torch.bfloat16
+        # fp16 gradients underflow without a loss scale; bf16 and fp32 need none (the scaler is a no-op)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast and config.mixed_precision == "fp16")
+        self.best: dict[str, Any] | None = None  # {"metric", "value", "step"} of the best evaluation
+        if self.dist.is_main:
+            share = 100.0 * self.num_trainable / max(self.num_parameters, 1)
+            counts = f"{self.num_trainable:,} of {self.num_parameters:,} ({share:.2f}%)"
+            print(f"trainable parameters in the optimizer: {counts}", file=sys.stderr, flush=True)
         self.out_dir = Path(config.out_dir)
         self.step = 0  # optimizer steps done
         self.history: list[dict[str, Any]] = []  # records logged by this process
@@ -300,16 +355,18 @@ class Trainer:
             last = i == cfg.grad_accum - 1
             sync = contextlib.nullcontext() if last or not dist_info.enabled else self.wrapped.no_sync()
             with sync:
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast):
                     out = self.wrapped(**{k: v.to(self.device) for k, v in batch.items()})
                 # the model's loss is the mean over this micro-batch's tokens: back to a sum, then
                 # over the global token count; DDP averages gradients over ranks, hence * world_size
                 token_loss_sum = out.loss * local_tokens[i]
-                (token_loss_sum * (dist_info.world_size / total_tokens.float())).backward()
+                self.scaler.scale(token_loss_sum * (dist_info.world_size / total_tokens.float())).backward()
             loss_sum += token_loss_sum.detach().double()
         max_norm = cfg.clip_norm if cfg.clip_norm is not None else float("inf")
+        self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped when an fp16 gradient overflowed
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         loss = all_reduce_sum(loss_sum) / total_tokens
         return {"loss": float(loss), "lr": lr, "grad_norm": float(grad_norm)}
@@ -331,8 +388,12 @@ class Trainer:
                 raise FileNotFoundError(f"no {TRAINER_STATE} in {folder}")
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            config_text = json.dumps(dataclasses.asdict(cfg), indent=2)
-            (self.out_dir / "train_config.json").write_text(config_text + "\n")
+            info = {
+                **dataclasses.asdict(cfg),
+                "trainable_parameters": self.num_trainable,
+                "total_parameters": self.num_parameters,
+            }
+            (self.out_dir / "train_config.json").write_text(json.dumps(info, indent=2) + "\n")
             self._truncate_metrics(self.step)
         self._run_start = self._window_time = time.perf_counter()
         self._window_start = self.step
@@ -347,7 +408,9 @@ class Trainer:
                 record = self._log_record(done, stats) if done % cfg.log_every == 0 or last else {}
                 evaluated = cfg.eval_every > 0 and (done % cfg.eval_every == 0 or last)
                 if evaluated:
-                    record = {"step": done, **record, **{f"eval/{k}": v for k, v in self.evaluate(done).items()}}
+                    metrics = self.evaluate(done)
+                    record = {"step": done, **record, **{f"eval/{k}": v for k, v in metrics.items()}}
+                    self._update_best(done, metrics)
                 if record:
                     self.history.append(record)
                     if main:
@@ -362,6 +425,30 @@ class Trainer:
         finally:
             bar.close()
         return self.history
+
+    def _update_best(self, step: int, metrics: dict[str, float]) -> None:
+        """Save ``best/`` when the chosen metric improved. Every rank takes the same decision from
+        the same numbers and meets the same barrier; rank 0 writes."""
+        name = self.config.best_metric
+        if name is None:
+            return
+        key = name.removeprefix("eval/")
+        if key not in metrics:
+            raise KeyError(f"best_metric {name!r} is not among the evaluation's metrics: {sorted(metrics)}")
+        value = float(metrics[key])
+        improved = math.isfinite(value) and (
+            self.best is None or (value < self.best["value"] if self.config.best_is_min else value > self.best["value"])
+        )
+        if improved:
+            self.best = {"metric": f"eval/{key}", "value": value, "step": step}
+            if self.dist.is_main:
+                best = dict(self.best)
+
+                def files(tmp: Path) -> None:
+                    (tmp / BEST_FILE).write_text(json.dumps(best, indent=2) + "\n")
+
+                self._save_model(self.out_dir / BEST_NAME, files)
+        barrier()
 
     def _elapsed(self) -> float:
         """Training seconds, those before a resume included."""
@@ -431,6 +518,10 @@ class Trainer:
             "rng": _rng_state(),
             "loss_window": list(self._window),
             "elapsed": self._elapsed(),
+            "best": self.best,
+            "scaler": self.scaler.state_dict(),
+            # LoRA adapters are merged into model.safetensors; resuming needs them apart
+            "lora": {k: v.cpu() for k, v in lora_state(self.model).items()},
             "world_size": self.dist.world_size,
             "config": json.loads(json.dumps(dataclasses.asdict(self.config))),
         }
@@ -438,20 +529,28 @@ class Trainer:
     def save_checkpoint(self, folder: str | Path | None = None) -> Path:
         """Rank 0 writes the model (native transformers layout), tokenizer, preprocessor config and
         ``trainer_state.pt`` into a temporary folder that then replaces ``folder`` in one rename."""
-        from florence2.weights import save_model
-
         folder = Path(folder) if folder is not None else self.checkpoint_dir
         if self.dist.is_main:
             state = self.trainer_state()
-
-            save_model(
-                self.model,
-                folder,
-                processor=self.processor,
-                extra_files=lambda tmp: torch.save(state, tmp / TRAINER_STATE),
-            )
+            self._save_model(folder, lambda tmp: torch.save(state, tmp / TRAINER_STATE))
         barrier()
         return folder
+
+    def _save_model(self, folder: Path, files: Callable[[Path], None]) -> None:
+        """The model (LoRA merged) with the processor, PEFT adapter files when there are LoRA
+        layers, ``self.extra_files`` and ``files``, written atomically into ``folder``."""
+        from florence2.weights import save_model
+
+        def extra(tmp: Path) -> None:
+            if has_lora(self.model):
+                # in a subfolder: with peft installed, transformers would take an adapter_config.json
+                # beside config.json for an adapter to put on some other base model
+                save_peft_adapter(self.model, tmp / ADAPTER_DIR)
+            if self.extra_files is not None:
+                self.extra_files(tmp)
+            files(tmp)
+
+        save_model(merged_model(self.model), folder, processor=self.processor, extra_files=extra)
 
     def load_checkpoint(self, folder: str | Path) -> None:
         """Restore weights, optimizer, step, loss window and RNG states from a checkpoint folder."""
@@ -459,8 +558,18 @@ class Trainer:
 
         folder = Path(folder)
         state = torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=True)
-        load_state_dict_strict(self.model, convert_state_dict(read_weights(folder)))
+        weights = convert_state_dict(read_weights(folder))
+        if has_lora(self.model):
+            # the file holds merged weights; the frozen base stays as loaded, the adapters come back
+            current = self.model.state_dict()
+            for name in lora_layers(self.model):
+                weights[f"{name}.weight"] = current[f"{name}.weight"]
+            weights.update(state.get("lora", {}))
+        load_state_dict_strict(self.model, weights)
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.best = state.get("best")
         self.step = int(state["step"])
         self._window = list(state.get("loss_window", []))
         self._elapsed_before = float(state.get("elapsed", 0.0))
