@@ -15,6 +15,7 @@ similarity, generated-token agreement with fp32) and reported in the README. GPU
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -42,6 +43,7 @@ def quantize_int8(model: Florence2Model, vision: bool = True) -> Florence2Model:
     except ImportError as e:  # pragma: no cover - depends on the torch build
         raise RuntimeError("this PyTorch build has no dynamic quantization (torch.ao.quantization)") from e
     language = model.language_model
+    _plain_linears(model)
     head = nn.Linear(language.shared.embedding_dim, language.shared.num_embeddings, bias=False)
     head.weight = language.shared.weight  # shares storage until quantized
     language.head = head
@@ -51,6 +53,18 @@ def quantize_int8(model: Florence2Model, vision: bool = True) -> Florence2Model:
         for module in targets:
             quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
     return model.eval()
+
+
+def _plain_linears(module: nn.Module) -> None:
+    """Make every ``nn.Linear`` subclass a plain ``nn.Linear`` holding the same tensors: the
+    quantized layers are made only from exact ``nn.Linear`` modules."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear) and type(child) is not nn.Linear:
+            plain = copy.copy(child)  # the same parameters; only the class (its forward) changes
+            plain.__class__ = nn.Linear
+            setattr(module, name, plain)
+        else:
+            _plain_linears(child)
 
 
 def is_quantized(model: nn.Module) -> bool:

@@ -39,6 +39,33 @@ def run_layer(layer: Callable[..., torch.Tensor], *args, checkpointed: bool = Fa
     return layer(*args)
 
 
+# Incremental decoding multiplies a few rows (one per sequence or beam) by each weight matrix. For
+# such products CPU BLAS libraries are much faster as ``W @ x.T`` (a GEMM with a few columns) than
+# as ``x @ W.T`` or a matrix-vector product: measured here 2-4x for 1-4 rows on a 2-core x86 CPU,
+# while from about 6 rows on both are alike. The result is the same up to float rounding.
+_FEW_ROWS = 4
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` with the few-row CPU route above."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if x.device.type != "cpu" or not 0 < rows <= _FEW_ROWS:
+        return F.linear(x, weight, bias)
+    flat = x.reshape(rows, x.shape[-1])
+    if rows == 1:  # a 2-column product beats the matrix-vector kernel
+        flat = flat.repeat(2, 1)
+    out = torch.mm(weight, flat.t()) if bias is None else torch.addmm(bias[:, None], weight, flat.t())
+    # contiguous rows, as F.linear gives (attention kernels need a unit stride in the last dim)
+    return out[:, :rows].t().contiguous().view(*x.shape[:-1], weight.shape[0])
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state-dict keys) computed with :func:`linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     B, T, D = x.shape
     return x.view(B, T, num_heads, D // num_heads).transpose(1, 2)  # (B, nh, T, hd)
@@ -49,10 +76,10 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.dropout = dropout
-        self.q_proj = nn.Linear(dim, dim)
-        self.k_proj = nn.Linear(dim, dim)
-        self.v_proj = nn.Linear(dim, dim)
-        self.out_proj = nn.Linear(dim, dim)
+        self.q_proj = Linear(dim, dim)
+        self.k_proj = Linear(dim, dim)
+        self.v_proj = Linear(dim, dim)
+        self.out_proj = Linear(dim, dim)
 
     def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return _split_heads(self.k_proj(x), self.num_heads), _split_heads(self.v_proj(x), self.num_heads)
@@ -91,8 +118,8 @@ class _PostNormLayer(nn.Module):
         self.dropout = c.dropout
         self.activation_dropout = c.activation_dropout
         self.act = _ACTIVATIONS[c.activation_function]
-        self.fc1 = nn.Linear(c.d_model, hidden)
-        self.fc2 = nn.Linear(hidden, c.d_model)
+        self.fc1 = Linear(c.d_model, hidden)
+        self.fc2 = Linear(hidden, c.d_model)
         self.final_layer_norm = nn.LayerNorm(c.d_model)
 
     def _residual(self, norm: nn.LayerNorm, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -315,4 +342,4 @@ class LanguageModel(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.head is not None:
             return self.head(hidden)
-        return F.linear(hidden, self.shared.weight)
+        return linear(hidden, self.shared.weight)
