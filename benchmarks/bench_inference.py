@@ -6,11 +6,12 @@ fresh Python process (only its own library imported, only its own model in memor
 and cold load time are measured under the same process layout; generated ids and image features
 come back to this process and are compared.
 
-    python benchmarks/bench_inference.py                       # base size, CPU, fp32, 3 repeats
-    python benchmarks/bench_inference.py --size tiny --repeats 1 --out /tmp/bench.md
+    python benchmarks/bench_inference.py                       # base size, CPU, fp32, 3 rounds
+    python benchmarks/bench_inference.py --size tiny --rounds 1 --out /tmp/bench.md
     python benchmarks/bench_inference.py --device cuda --dtype fp16 --int8
 
-Cases (times are medians of ``--repeats`` runs after one warm-up per implementation):
+Cases (times are medians over ``--rounds`` alternating rounds, each a fresh process per
+implementation timing every case ``--repeats`` times after one warm-up):
 
 1. vision encode of one image (768x768 at base size);
 2. caption: 20 new tokens, greedy, end to end from pixel values + prompt ids;
@@ -488,6 +489,28 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+def merge_rounds(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One implementation's rounds as one result: every timing and load sample, the highest
+    memory peak per case, and the first round's outputs (every round's ids must agree)."""
+    if not results:
+        return None
+    merged = dict(results[0])
+    if "times" in merged:
+        merged["times"] = {case: [t for res in results for t in res["times"][case]] for case in merged["times"]}
+        merged["peak_mib"] = {
+            case: max((res["peak_mib"][case] for res in results if res["peak_mib"][case] is not None), default=None)
+            for case in merged["peak_mib"]
+        }
+    if "load_s" in merged:
+        merged["load_samples"] = [res["load_s"] for res in results]
+        merged["import_samples"] = [res["import_s"] for res in results]
+    for res in results[1:]:
+        for case, out in res.get("outputs", {}).items():
+            if case != "vision" and not _same(out, merged["outputs"][case]):
+                raise SystemExit(f"{merged['impl']}: round outputs of {case!r} differ between processes")
+    return merged
+
+
 def launch(spec: dict[str, Any], workdir: Path, tag: str, check: bool = True) -> dict[str, Any] | None:
     """Run one worker process; returns its results (None if it failed and ``check`` is off)."""
     spec = {
@@ -584,8 +607,9 @@ def make_report(args: argparse.Namespace, meta: dict[str, Any], ref: dict, ours:
         f"{meta['num_image_tokens']} image tokens",
         "- reference: transformers Florence2ForConditionalGeneration; ours: florence2 "
         "(same safetensors checkpoint, same inputs)",
-        f"- method: median of {args.repeats} repeat(s) after one warm-up per implementation; each "
-        "implementation in its own fresh process; ratio = reference / ours (> 1: florence2 is faster)",
+        f"- method: median over {args.rounds} round(s) x {args.repeats} repeat(s); each round runs the "
+        "implementations one after the other (alternating their order), each in a fresh process with one "
+        "warm-up; ratio = reference / ours (> 1: florence2 is faster)",
         f"- run: {meta['date']}, {meta['wall_s']:.0f} s in all",
         "",
         "| case | reference (median) | ours (median) | ratio | ids identical |",
@@ -715,7 +739,10 @@ def _int8_section(ours: dict, int8: dict | None) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=("base", "tiny"), default="base", help="model size (tiny: seconds)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case; the median is reported")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds of one fresh process per implementation"
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per case and round")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     parser.add_argument("--int8", action="store_true", help="also measure florence2's int8 option, if it has one")
@@ -726,8 +753,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
+    if args.repeats < 1 or args.rounds < 1:
+        parser.error("--repeats and --rounds must be >= 1")
     if args.out is None:
         suffix = args.device if args.size == "base" else f"{args.device}-{args.size}"
         args.out = Path(__file__).resolve().parent / f"results-{suffix}.md"
@@ -770,21 +797,20 @@ def main(argv: list[str] | None = None) -> None:
             "load_only": False,
         }
         impls = ("reference", "ours")
-        print("timing every case, one fresh process per implementation", file=sys.stderr)
-        results = {impl: launch({**spec, "impl": impl}, workdir, impl) for impl in impls}
-        int8 = None
         if args.int8:
-            print("int8: vision and caption cases", file=sys.stderr)
-            int8 = launch({**spec, "impl": "ours-int8", "cases": ["vision", "caption"]}, workdir, "int8", check=False)
-        for res in (*results.values(), int8):
-            if res is not None and "load_s" in res:
-                res["load_samples"], res["import_samples"] = [res["load_s"]], [res["import_s"]]
-        # further cold loads, alternating implementations, each in a fresh process
-        for i in range(args.repeats - 1):
-            for impl in impls if i % 2 else impls[::-1]:
-                extra = launch({**spec, "impl": impl, "load_only": True}, workdir, f"{impl}-load{i}")
-                results[impl]["load_samples"].append(extra["load_s"])
-                results[impl]["import_samples"].append(extra["import_s"])
+            impls += ("ours-int8",)
+        # Rounds alternate the implementations, each in a fresh process timing every case once per
+        # repeat, so that a machine whose speed drifts (shared or virtual CPUs) slows all alike.
+        print(f"timing every case in {args.rounds} alternating round(s) of fresh processes", file=sys.stderr)
+        rounds: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+        for r in range(args.rounds):
+            for impl in impls if r % 2 == 0 else impls[::-1]:
+                cases = ["vision", "caption"] if impl == "ours-int8" else spec["cases"]
+                res = launch({**spec, "impl": impl, "cases": cases}, workdir, f"{impl}-{r}", check=impl != "ours-int8")
+                if res is not None:
+                    rounds[impl].append(res)
+        results = {impl: merge_rounds(rounds[impl]) for impl in ("reference", "ours")}
+        int8 = merge_rounds(rounds["ours-int8"]) if args.int8 else None
         meta = {
             "size": args.size,
             "image_size": image_size,

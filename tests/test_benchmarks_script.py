@@ -14,7 +14,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_inferenc
 
 def test_tiny_benchmark_writes_table_with_identical_ids(tmp_path):
     out = tmp_path / "results.md"
-    args = ["--size", "tiny", "--repeats", "1", "--batch-size", "2", "--int8", "--out", str(out)]
+    args = ["--size", "tiny", "--rounds", "2", "--batch-size", "2", "--int8", "--out", str(out)]
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), *args],
         capture_output=True,
