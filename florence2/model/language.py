@@ -42,14 +42,16 @@ def run_layer(layer: Callable[..., torch.Tensor], *args, checkpointed: bool = Fa
 # Incremental decoding multiplies a few rows (one per sequence or beam) by each weight matrix. For
 # such products CPU BLAS libraries are much faster as ``W @ x.T`` (a GEMM with a few columns) than
 # as ``x @ W.T`` or a matrix-vector product: measured here 2-4x for 1-4 rows on a 2-core x86 CPU,
-# while from about 6 rows on both are alike. The result is the same up to float rounding.
+# while from about 6 rows on both are alike. The result is the same up to float rounding. Small
+# weights (the embedded model's) stay on F.linear: there the extra operations cost more than they save.
 _FEW_ROWS = 4
+_FEW_ROWS_MIN_WEIGHT = 1 << 18
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` with the few-row CPU route above."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if x.device.type != "cpu" or not 0 < rows <= _FEW_ROWS:
+    if x.device.type != "cpu" or not 0 < rows <= _FEW_ROWS or weight.numel() < _FEW_ROWS_MIN_WEIGHT:
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])
     if rows == 1:  # a 2-column product beats the matrix-vector kernel
