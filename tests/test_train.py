@@ -19,7 +19,9 @@ from florence2.model.florence2 import Florence2Model, shift_right
 from florence2.tasks import TASKS
 from florence2.tokenizer import train_bpe_tokenizer
 from florence2.train import TrainConfig, Trainer, collate, indexed_source, lr_at, param_groups
-from florence2.train.cli import add_train_parser
+from florence2.train.cli import add_finetune_parser, add_train_parser
+from florence2.train.finetune import FinetuneConfig
+from florence2.train.trainer import location_smoothed_loss
 from florence2.weights import read_weights
 from tests.checkpoints import tiny_config
 
@@ -145,6 +147,68 @@ def test_no_weight_decay_on_biases_norms_and_embeddings(processor):
     ):
         assert name in exempt
     assert not any(n.startswith("vision_tower.") for n in decayed | exempt)  # frozen: not optimised
+
+
+def test_location_smoothed_loss_rewards_near_bins_and_keeps_other_tokens_one_hot():
+    torch.manual_seed(0)
+    first, bins = 10, 1000
+    logits = torch.randn(2, 4, first + bins)
+    labels = torch.tensor([[3, first + 500, first + 7, -100], [first + 999, 5, -100, -100]])
+    # a tiny sigma is plain cross-entropy (the Gaussian collapses onto the label's bin)
+    plain = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    assert location_smoothed_loss(logits, labels, first, bins, 1e-3).item() == pytest.approx(plain.item(), abs=1e-5)
+    # by hand: a Gaussian over the bins for location labels, one-hot for the rest, mean over 5 tokens
+    sigma = 4.0
+    log_probs = torch.log_softmax(logits, -1)
+    grid = torch.arange(bins, dtype=torch.float32)
+    total = 0.0
+    for b, t in [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]:
+        label = int(labels[b, t])
+        if label >= first:
+            q = torch.exp(-0.5 * ((grid - (label - first)) / sigma) ** 2)
+            total -= float((q / q.sum() * log_probs[b, t, first:]).sum())
+        else:
+            total -= float(log_probs[b, t, label])
+    assert location_smoothed_loss(logits, labels, first, bins, sigma).item() == pytest.approx(total / 5, rel=1e-5)
+    # a prediction two bins off costs less than one 200 bins off; one-hot treats both alike
+    only = torch.tensor([[first + 500]])
+
+    def peaked(k: int) -> torch.Tensor:
+        out = torch.zeros(1, 1, first + bins)
+        out[0, 0, first + k] = 8.0
+        return out
+
+    near, far = (location_smoothed_loss(peaked(k), only, first, bins, sigma) for k in (502, 700))
+    assert near < far - 0.5
+    assert F.cross_entropy(peaked(502)[0], only[0]) == pytest.approx(F.cross_entropy(peaked(700)[0], only[0]).item())
+
+
+def test_location_smoothing_trains_through_the_trainer(processor, tmp_path):
+    items = [make_item(i) for i in range(4)]
+    assert any("<loc_" in item["target"] for item in items)
+    batch = collate(items, processor)
+    first = processor.tokenizer.loc_token_id(0)
+    model = new_model(processor, dropout=False)
+    with torch.no_grad():
+        logits = model.eval()(**batch).logits
+    before = float(location_smoothed_loss(logits, batch["labels"], first, 1000, 6.0))
+    trainer = Trainer(
+        model, processor, lambda *_: items, config(tmp_path, total_steps=1, warmup_steps=0, loc_sigma=6.0)
+    )
+    [record] = trainer.train()
+    assert record["loss"] == pytest.approx(before, abs=1e-5)  # the logged loss is the smoothed one
+    with pytest.raises(ValueError, match="loc_sigma"):
+        TrainConfig(loc_sigma=-1.0)
+    with pytest.raises(ValueError, match="loc_sigma"):
+        FinetuneConfig(out_dir=str(tmp_path), loc_sigma=-1.0)
+    # both commands take the option
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers()
+    add_train_parser(commands)
+    add_finetune_parser(commands)
+    assert parser.parse_args(["train", "--out", "x", "--loc-sigma", "12"]).loc_sigma == 12.0
+    assert parser.parse_args(["finetune", "--out", "x", "--loc-sigma", "8"]).loc_sigma == 8.0
+    assert parser.parse_args(["train", "--out", "x"]).loc_sigma == 0.0
 
 
 # --- optimisation ------------------------------------------------------------------------------

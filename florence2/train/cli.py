@@ -191,6 +191,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         progress=args.progress,
+        loc_sigma=args.loc_sigma,
     )
     get_item = synthetic_item_fn(world, args.tasks, args.seed)
     eval_fn = None
@@ -206,6 +207,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.dist.is_main:
         print(f"checkpoint: {trainer.checkpoint_dir}", file=sys.stderr)
     return 0
+
+
+def _add_loc_sigma(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loc-sigma",
+        type=float,
+        default=0.0,
+        help="train location tokens towards a Gaussian over the bins, std in bins (0: one-hot targets)",
+    )
 
 
 def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -235,6 +245,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=128, help="model input side of a fresh model, pixels")
     p.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary of a fresh model's tokenizer")
     p.add_argument("--freeze-vision", action="store_true", help="train the language side only")
+    _add_loc_sigma(p)
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     p.set_defaults(func=cmd_train)
@@ -295,6 +306,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             best_metric=args.best_metric,
             synthetic_eval=args.synthetic_eval,
             long_targets=args.long_targets,
+            loc_sigma=args.loc_sigma,
             save_every=args.save_every,
             log_every=args.log_every,
             seed=args.seed,
@@ -364,6 +376,7 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--best-metric", help="keep best/ by this evaluation metric (default: loss)")
     p.add_argument("--synthetic-eval", action="store_true", help="synthetic data: also evaluate od_mAP50 etc.")
     p.add_argument("--long-targets", choices=["skip", "error"], default="skip", help="targets that do not fit")
+    _add_loc_sigma(p)
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (and at the end)")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0, help="seeds the data order, the held-out split and dropout")

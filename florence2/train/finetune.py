@@ -88,6 +88,8 @@ class FinetuneConfig:
     synthetic_eval: for ``synthetic`` data, also run :func:`florence2.eval.synthetic.evaluate_synthetic`
         on the held-out images (``od_mAP50``, ...).
     long_targets: ``"skip"`` (report and drop) or ``"error"``.
+    loc_sigma: train location tokens towards a Gaussian over the bins of this standard deviation
+        (in bins; 0: one-hot), see :func:`florence2.train.trainer.location_smoothed_loss`.
     """
 
     out_dir: str
@@ -118,6 +120,7 @@ class FinetuneConfig:
     best_metric: str | None = None
     synthetic_eval: bool = False
     long_targets: str = "skip"
+    loc_sigma: float = 0.0
     save_every: int = 0
     log_every: int = 10
     seed: int = 0
@@ -133,6 +136,8 @@ class FinetuneConfig:
             raise ValueError(f"long_targets must be 'skip' or 'error', got {self.long_targets!r}")
         if self.eval_fraction and self.eval_data:
             raise ValueError("give eval_fraction or eval_data, not both")
+        if self.loc_sigma < 0:
+            raise ValueError(f"loc_sigma must be >= 0, got {self.loc_sigma}")
         if self.steps is not None and self.steps < 0 or self.epochs <= 0:
             raise ValueError("steps must be >= 0 and epochs > 0")
         for name in ("data", "eval_data", "freeze"):
@@ -427,6 +432,7 @@ def finetune(config: FinetuneConfig, examples: Sequence[Example] | None = None) 
         device=config.device,
         progress=config.progress,
         best_metric=(config.best_metric or "loss") if evaluations else None,
+        loc_sigma=config.loc_sigma,
     )
     source_fn = by_target_length(indexed_source(mixture.__getitem__))
     trainer = Trainer(
