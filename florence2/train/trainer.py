@@ -55,7 +55,7 @@ import torch
 from torch import nn
 
 from florence2.coords import NUM_BINS
-from florence2.model.florence2 import Florence2Model
+from florence2.model.florence2 import Florence2Model, shift_right
 from florence2.processor import Florence2Processor
 from florence2.train.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed
 from florence2.train.lora import count_parameters, has_lora, lora_layers, lora_state, merged_model, save_peft_adapter
@@ -344,6 +344,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast and config.mixed_precision == "fp16")
         self.best: dict[str, Any] | None = None  # {"metric", "value", "step"} of the best evaluation
         self.first_loc_id = processor.tokenizer.loc_token_id(0)
+        self.start_id, self.pad_id = model.config.text.decoder_start_token_id, model.config.text.pad_token_id
         if processor.tokenizer.loc_token_id(NUM_BINS - 1) != self.first_loc_id + NUM_BINS - 1:
             raise ValueError("the tokenizer's location tokens are not consecutive ids")
         if self.dist.is_main:
@@ -390,11 +391,14 @@ class Trainer:
             last = i == cfg.grad_accum - 1
             sync = contextlib.nullcontext() if last or not dist_info.enabled else self.wrapped.no_sync()
             with sync:
+                inputs = {k: v.to(self.device) for k, v in batch.items()}
+                if cfg.loc_sigma > 0:  # the model is given no labels: its own cross-entropy is not needed
+                    labels = inputs.pop("labels")
+                    inputs["decoder_input_ids"] = shift_right(labels, self.start_id, self.pad_id)
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast):
-                    out = self.wrapped(**{k: v.to(self.device) for k, v in batch.items()})
+                    out = self.wrapped(**inputs)
                 loss = out.loss
                 if cfg.loc_sigma > 0:
-                    labels = batch["labels"].to(self.device)
                     loss = location_smoothed_loss(out.logits, labels, self.first_loc_id, NUM_BINS, cfg.loc_sigma)
                 # the model's loss is the mean over this micro-batch's tokens: back to a sum, then
                 # over the global token count; DDP averages gradients over ranks, hence * world_size
