@@ -225,21 +225,21 @@ def location_smoothed_loss(
     each location label ``first_loc_id + k`` is replaced by a Gaussian over the ``num_bins`` location
     tokens centred on bin k (standard deviation ``sigma`` bins, normalised over the bins). Other
     tokens keep their one-hot target. Location bins are ordered, and one-hot targets treat a box one
-    bin off as wrong as one 500 bins off; the Gaussian gives the near miss most of the credit, which
-    makes localisation from scratch learn faster. With ``sigma`` -> 0 this is plain cross-entropy."""
+    bin off as wrong as one 500 bins off; the Gaussian gives the near miss most of the credit (the
+    README reports what it did for training from scratch). With ``sigma`` -> 0 this is plain
+    cross-entropy."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     valid = labels != IGNORE_INDEX
     bins = labels - first_loc_id
     is_loc = valid & (bins >= 0) & (bins < num_bins)
     plain = valid & ~is_loc
     total = -log_probs[plain].gather(-1, labels[plain].unsqueeze(-1)).sum()
-    if bool(is_loc.any()):
-        centres = bins[is_loc].to(log_probs.dtype).unsqueeze(-1)
-        grid = torch.arange(num_bins, device=logits.device, dtype=log_probs.dtype)
-        target = torch.softmax(-0.5 * ((grid - centres) / sigma) ** 2, dim=-1)
-        loc_log_probs = log_probs[is_loc][:, first_loc_id : first_loc_id + num_bins]
-        total = total - (target * loc_log_probs).sum()
-    return total / valid.sum().clamp(min=1)
+    # a batch without location labels selects nothing here and adds 0
+    centres = bins[is_loc].to(log_probs.dtype).unsqueeze(-1)
+    grid = torch.arange(num_bins, device=logits.device, dtype=log_probs.dtype)
+    target = torch.softmax(-0.5 * ((grid - centres) / sigma) ** 2, dim=-1)
+    loc_log_probs = log_probs[is_loc][:, first_loc_id : first_loc_id + num_bins]
+    return (total - (target * loc_log_probs).sum()) / valid.sum().clamp(min=1)
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
