@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from florence2.data.samples import OCR_LINE_SEPARATOR, build_samples
-from florence2.data.synthetic import SyntheticWorld, WorldConfig, _polygon_mask, read_split, write_split
+from florence2.data.synthetic import SyntheticWorld, WorldConfig, polygon_mask, read_split, write_split
 from florence2.errors import TaskError
 from florence2.eval import cli as eval_cli
 from florence2.eval.metrics import (
@@ -96,7 +96,7 @@ def test_rasterize_matches_the_synthetic_world_masks():
     for index in range(4):
         _, rec = world.scene(index)
         for item in rec["objects"]:
-            expected = _polygon_mask(np.asarray(item["polygon"]).reshape(-1, 2), 96, 96)
+            expected = polygon_mask(np.asarray(item["polygon"]).reshape(-1, 2), 96, 96)
             assert (rasterize_polygons(item["polygon"], (96, 96)) == expected).all()
 
 

@@ -247,7 +247,7 @@ def _start_at_top(points: np.ndarray) -> np.ndarray:
     return np.roll(points, -first, axis=0)
 
 
-def _polygon_mask(points: np.ndarray, width: int, height: int) -> np.ndarray:
+def polygon_mask(points: np.ndarray, width: int, height: int) -> np.ndarray:
     """(H, W) bool mask of the pixels whose centres lie inside a polygon given in image pixel coordinates.
 
     Exact even-odd rule (Pillow's rasterizer rounds vertices to whole pixels, which inflates small
@@ -448,7 +448,7 @@ def _try_place(
             continue
         centre = rng.uniform(lo, hi)
         points = _start_at_top(_round_points(outline + centre))
-        mask = _polygon_mask(points, size, size)
+        mask = polygon_mask(points, size, size)
         # A new shape goes on top: check how much of each earlier shape would stay visible.
         if any(
             np.count_nonzero(s.visible_mask & ~mask) < (1 - config.max_occlusion) * np.count_nonzero(s.mask)
@@ -511,7 +511,7 @@ def _place_texts(rng: np.random.Generator, config: WorldConfig, shapes: list[_Sh
                 continue
             centre = rng.uniform(lo, hi)
             quad = _round_points(corners + centre)
-            mask = _polygon_mask(quad, size, size)
+            mask = polygon_mask(quad, size, size)
             if np.any(mask & occupied):
                 continue
             occupied |= _dilate(mask, gap)
@@ -592,7 +592,7 @@ def _render(config: WorldConfig, canvas: Image.Image, shapes: list[_Shape], text
     full = config.image_size * ss
     draw = ImageDraw.Draw(canvas)
     for s in shapes:
-        # Same mapping as _polygon_mask, at the supersampled scale.
+        # Same mapping as polygon_mask, at the supersampled scale.
         draw.polygon([(x * ss - 0.5, y * ss - 0.5) for x, y in s.points], fill=COLORS[s.color])
     for t in texts:
         ink_w, ink_h = t.ink_size

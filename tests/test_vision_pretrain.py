@@ -1,0 +1,136 @@
+"""Dense vision pre-training: per-token targets from a scene's annotations, and the pre-training loop."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from florence2 import Florence2Processor, ImageProcessor
+from florence2.data.synthetic import SyntheticWorld, WorldConfig
+from florence2.model.florence2 import Florence2Model
+from florence2.tokenizer import train_bpe_tokenizer
+from florence2.train.cli import add_train_parser
+from florence2.train.vision_pretrain import pretrain_vision, token_classes, token_targets
+from tests.checkpoints import tiny_config
+
+CATEGORIES = ("circle", "square", "star")
+SQUARE, STAR, TEXT, BACKGROUND = 1, 2, 3, 4
+
+
+def _square(x0, y0, x1, y1):
+    return [x0, y0, x1, y0, x1, y1, x0, y1]
+
+
+def _record(objects, texts=()):
+    return {
+        "width": 64,
+        "height": 64,
+        "objects": [{"category": c, "polygon": p} for c, p in objects],
+        "texts": [{"quad": q} for q in texts],
+    }
+
+
+def test_token_classes_are_categories_then_text_then_background():
+    assert token_classes(CATEGORIES) == ["circle", "square", "star", "text", "background"]
+
+
+def test_a_token_takes_the_class_covering_it():
+    # 4x4 tokens of 16 px: the square fills token (row 0, col 0) and a quarter of token (0, 1)
+    record = _record([("square", _square(0, 0, 20, 16))], texts=[_square(32, 48, 64, 64)])
+    targets = token_targets(record, (4, 4), CATEGORIES)
+    expected = np.full((4, 4), BACKGROUND)
+    expected[0, :2] = SQUARE
+    expected[3, 2:] = TEXT
+    np.testing.assert_array_equal(targets, expected)
+
+
+def test_coverage_below_the_threshold_is_background():
+    # 1 px of a 16 px token: 1/16 < 0.1
+    targets = token_targets(_record([("square", _square(0, 0, 17, 16))]), (4, 4), CATEGORIES)
+    assert targets[0, 0] == SQUARE and targets[0, 1] == BACKGROUND
+
+
+def test_a_later_shape_hides_an_earlier_one_and_text_lies_on_top():
+    record = _record(
+        [("square", _square(0, 0, 32, 32)), ("star", _square(16, 16, 32, 32))], texts=[_square(0, 0, 16, 16)]
+    )
+    targets = token_targets(record, (4, 4), CATEGORIES)
+    assert targets[1, 1] == STAR and targets[0, 1] == SQUARE and targets[0, 0] == TEXT
+
+
+def test_targets_follow_the_grid_not_the_scene_size():
+    record = _record([("square", _square(0, 0, 32, 64))])  # the left half
+    targets = token_targets(record, (2, 8), CATEGORIES)
+    assert targets.shape == (2, 8)
+    assert (targets[:, :4] == SQUARE).all() and (targets[:, 4:] == BACKGROUND).all()
+
+
+def test_unknown_categories_are_left_as_background():
+    targets = token_targets(_record([("arrow", _square(0, 0, 64, 64))]), (4, 4), CATEGORIES)
+    assert (targets == BACKGROUND).all()
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tokenizer = train_bpe_tokenizer(["a red circle", "a blue square"] * 20, vocab_size=300)
+    processor = Florence2Processor(tokenizer, ImageProcessor(size=(64, 64)), max_positions=128)
+    world = SyntheticWorld(WorldConfig(image_size=64, text_probability=0.5), seed=3)
+    return processor, world
+
+
+def test_pretraining_trains_the_vision_tower_only_and_learns(setup):
+    processor, world = setup
+    torch.manual_seed(0)
+    model = Florence2Model(tiny_config(vocab_size=processor.tokenizer.vocab_size)).init_weights()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first = pretrain_vision(model, processor, world, steps=1, batch_size=8, lr=3e-3, progress=False)
+    stats = pretrain_vision(model, processor, world, steps=40, batch_size=8, lr=3e-3, progress=False)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("vision_tower.") for k in changed)
+    assert any(k.startswith("vision_tower.convs.0.") for k in changed)
+    assert set(stats) == {"steps", "loss", "token_accuracy", "object_token_accuracy", "seconds"}
+    assert stats["steps"] == 40 and 0.0 <= stats["object_token_accuracy"] <= 1.0
+    # the first step's loss is near log(classes); after 40 steps it is far lower
+    assert first["loss"] > 1.0 and stats["loss"] < 0.6 * first["loss"]
+
+
+def test_pretraining_is_deterministic(setup):
+    processor, world = setup
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = Florence2Model(tiny_config(vocab_size=processor.tokenizer.vocab_size)).init_weights()
+        pretrain_vision(model, processor, world, steps=2, batch_size=4, progress=False, seed=5)
+        weights.append(model.vision_tower.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_pretraining_refuses_bad_settings(setup):
+    processor, world = setup
+    model = Florence2Model(tiny_config(vocab_size=processor.tokenizer.vocab_size))
+    with pytest.raises(ValueError, match="steps >= 1"):
+        pretrain_vision(model, processor, world, steps=0)
+
+
+def _train_args(*extra):
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers())
+    return parser.parse_args(["train", *extra])
+
+
+def test_cli_pretrains_a_fresh_model_and_records_the_figures(tmp_path):
+    common = ["--out", str(tmp_path), "--batch-size", "2", "--image-size", "64", "--scene-size", "64"]
+    common += ["--vocab-size", "300", "--tasks", "OD", "--no-progress", "--steps", "1"]
+    args = _train_args(*common, "--vision-pretrain-steps", "3")
+    assert args.func(args) == 0
+    figures = json.loads((tmp_path / "vision_pretrain.json").read_text())
+    assert figures["steps"] == 3 and figures["lr"] == 3e-3
+
+
+def test_cli_refuses_pretraining_a_given_checkpoint(tmp_path):
+    args = _train_args("--out", str(tmp_path), "--model", str(tmp_path), "--vision-pretrain-steps", "3")
+    with pytest.raises(SystemExit, match="fresh model"):
+        args.func(args)
