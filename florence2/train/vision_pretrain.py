@@ -27,6 +27,7 @@ from torch import nn
 from florence2.data.synthetic import SyntheticWorld, polygon_mask
 from florence2.model.florence2 import Florence2Model
 from florence2.processor import Florence2Processor
+from florence2.train.trainer import TrainConfig, lr_at
 
 # sub-samples per token side when measuring how much of a token a polygon covers
 _SUBSAMPLE = 8
@@ -61,13 +62,6 @@ def token_targets(record: dict, grid: tuple[int, int], categories: Sequence[str]
     return np.where(coverage.max(0) >= MIN_COVERAGE, best, background).astype(np.int64)
 
 
-def _lr(step: int, steps: int, peak: float, warmup: int) -> float:
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
 def pretrain_vision(
     model: Florence2Model,
     processor: Florence2Processor,
@@ -98,7 +92,8 @@ def pretrain_vision(
     nn.init.zeros_(head.bias)
     params = [p for p in tower.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    warmup = max(1, steps // 20)
+    # the trainer's schedule: linear warm-up, then a cosine to a tenth of the peak
+    schedule = TrainConfig(total_steps=steps, lr=lr, warmup_steps=max(1, steps // 20), min_lr_ratio=0.1)
     background = len(classes) - 1
     window = max(1, steps // 10)
     recent: list[tuple[float, float, float]] = []
@@ -115,7 +110,7 @@ def pretrain_vision(
         targets = targets.to(model.device)
         loss = F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten())
         for group in optimizer.param_groups:
-            group["lr"] = _lr(step, steps, lr, warmup)
+            group["lr"] = lr_at(step, schedule)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
