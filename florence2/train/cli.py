@@ -150,10 +150,14 @@ def build_tiny(
 def _pretrain_vision(
     args: argparse.Namespace, model: Florence2Model, processor: Florence2Processor, world: SyntheticWorld, out: Path
 ) -> None:
-    """Dense pre-training of a fresh model's vision tower; the figures go to OUT/vision_pretrain.json.
-    Under torchrun every rank does the same (deterministic) work, so the ranks still agree."""
+    """Dense pre-training of a fresh model's vision tower on the device the training will use; the
+    figures go to OUT/vision_pretrain.json. Under torchrun every rank does the same work (DDP then
+    starts every rank from rank 0's weights), and rank 0 reports."""
+    from florence2.train.distributed import setup_distributed
     from florence2.train.vision_pretrain import pretrain_vision
 
+    dist_info = setup_distributed(args.device)
+    model.to(dist_info.device)
     stats = pretrain_vision(
         model,
         processor,
@@ -162,8 +166,10 @@ def _pretrain_vision(
         batch_size=args.batch_size,
         lr=args.vision_pretrain_lr,
         seed=args.seed,
-        progress=args.progress,
+        progress=args.progress and dist_info.is_main,
     )
+    if not dist_info.is_main:
+        return
     out.mkdir(parents=True, exist_ok=True)
     (out / "vision_pretrain.json").write_text(json.dumps({**stats, "lr": args.vision_pretrain_lr}, indent=2) + "\n")
     print(

@@ -1,9 +1,9 @@
 """Dense pre-training of a fresh vision tower on the synthetic world.
 
 Florence-2 starts from a pre-trained DaViT. A tower trained from scratch only through the
-encoder-decoder learns shape slowly: at first the decoder's cross-attention spreads evenly over the
-image tokens, so the loss reaches the tower through what amounts to a mean over mostly-background
-tokens. Here every image token is given its own target instead: the class of what covers it (a
+encoder-decoder learns shape slowly, likely because the decoder's cross-attention starts out spread
+evenly over the image tokens, so the loss reaches the tower through what amounts to a mean over
+mostly-background tokens. Here every image token is given its own target instead: the class of what covers it (a
 shape category, text, or background), read from the scene's polygons and text quads. A linear head
 on the tower's last stage is trained with cross-entropy and then thrown away; only the tower's
 weights are kept.
