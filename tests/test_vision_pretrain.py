@@ -12,7 +12,7 @@ from florence2.data.synthetic import SyntheticWorld, WorldConfig
 from florence2.model.florence2 import Florence2Model
 from florence2.tokenizer import train_bpe_tokenizer
 from florence2.train.cli import add_train_parser
-from florence2.train.vision_pretrain import pretrain_vision, token_classes, token_targets
+from florence2.train.vision_pretrain import IGNORE, pretrain_vision, token_classes, token_colors, token_targets
 from tests.checkpoints import tiny_config
 
 CATEGORIES = ("circle", "square", "star")
@@ -23,13 +23,17 @@ def _square(x0, y0, x1, y1):
     return [x0, y0, x1, y0, x1, y1, x0, y1]
 
 
-def _record(objects, texts=()):
-    return {
+def _record(objects, texts=(), colors=(), text_colors=()):
+    """objects: (category, polygon); colors / text_colors, when given, one per object / text."""
+    record = {
         "width": 64,
         "height": 64,
         "objects": [{"category": c, "polygon": p} for c, p in objects],
         "texts": [{"quad": q} for q in texts],
     }
+    for item, color in [*zip(record["objects"], colors), *zip(record["texts"], text_colors)]:
+        item["color"] = color
+    return record
 
 
 def test_token_classes_are_categories_then_text_then_background():
@@ -72,6 +76,34 @@ def test_unknown_categories_are_left_as_background():
     assert (targets == BACKGROUND).all()
 
 
+COLORS = ("red", "green", "blue")
+
+
+def test_a_token_takes_the_colour_covering_it_and_background_is_ignored():
+    record = _record(
+        [("square", _square(0, 0, 32, 32)), ("star", _square(16, 16, 32, 32))],
+        texts=[_square(48, 48, 64, 64)],
+        colors=["red", "blue"],
+        text_colors=["green"],
+    )
+    colors = token_colors(record, (4, 4), COLORS)
+    expected = np.full((4, 4), IGNORE)
+    expected[:2, :2] = 0  # red square
+    expected[1, 1] = 2  # the blue star hides it
+    expected[3, 3] = 1  # green text
+    np.testing.assert_array_equal(colors, expected)
+
+
+def test_shapes_of_one_colour_add_up_and_unknown_colours_are_ignored():
+    # two red shapes of a quarter token each in token (0, 0): half of it red; a purple one is no colour
+    record = _record(
+        [("square", _square(0, 0, 8, 8)), ("circle", _square(8, 8, 16, 16)), ("star", _square(16, 0, 32, 16))],
+        colors=["red", "red", "purple"],
+    )
+    colors = token_colors(record, (4, 4), COLORS)
+    assert colors[0, 0] == 0 and (colors.flatten()[1:] == IGNORE).all()
+
+
 @pytest.fixture(scope="module")
 def setup():
     tokenizer = train_bpe_tokenizer(["a red circle", "a blue square"] * 20, vocab_size=300)
@@ -97,6 +129,29 @@ def test_pretraining_trains_the_vision_tower_only_and_learns(setup):
     assert first["loss"] > 1.0 and stats["loss"] < 0.6 * first["loss"]
 
 
+def test_colour_targets_add_a_head_that_learns(setup):
+    processor, world = setup
+    torch.manual_seed(0)
+    model = Florence2Model(tiny_config(vocab_size=processor.tokenizer.vocab_size)).init_weights()
+    first = pretrain_vision(model, processor, world, steps=1, batch_size=8, progress=False, colors=1.0)
+    stats = pretrain_vision(model, processor, world, steps=40, batch_size=8, progress=False, colors=1.0)
+    assert set(stats) == {"steps", "loss", "token_accuracy", "object_token_accuracy", "color_token_accuracy", "seconds"}
+    # near log(classes) + log(colours) at first
+    assert first["loss"] > 3.0 and stats["loss"] < 0.6 * first["loss"]
+    assert stats["color_token_accuracy"] > 1.5 / len(world.config.colors)
+
+
+def test_colour_targets_change_what_the_tower_learns(setup):
+    processor, world = setup
+    towers = []
+    for colors in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = Florence2Model(tiny_config(vocab_size=processor.tokenizer.vocab_size)).init_weights()
+        pretrain_vision(model, processor, world, steps=2, batch_size=4, progress=False, colors=colors)
+        towers.append(model.vision_tower.state_dict())
+    assert not all(torch.equal(towers[0][k], towers[1][k]) for k in towers[0])
+
+
 def test_pretraining_is_deterministic(setup):
     processor, world = setup
     weights = []
@@ -113,6 +168,8 @@ def test_pretraining_refuses_bad_settings(setup):
     model = Florence2Model(tiny_config(vocab_size=processor.tokenizer.vocab_size))
     with pytest.raises(ValueError, match="steps >= 1"):
         pretrain_vision(model, processor, world, steps=0)
+    with pytest.raises(ValueError, match="colors >= 0"):
+        pretrain_vision(model, processor, world, steps=1, colors=-1.0)
 
 
 def _train_args(*extra):
@@ -128,6 +185,17 @@ def test_cli_pretrains_a_fresh_model_and_records_the_figures(tmp_path):
     assert args.func(args) == 0
     figures = json.loads((tmp_path / "vision_pretrain.json").read_text())
     assert figures["steps"] == 3 and figures["lr"] == 3e-3
+
+
+def test_cli_colour_targets_are_recorded_and_need_pretraining(tmp_path):
+    common = ["--out", str(tmp_path), "--batch-size", "2", "--image-size", "64", "--scene-size", "64"]
+    common += ["--vocab-size", "300", "--tasks", "OD", "--no-progress", "--steps", "1"]
+    args = _train_args(*common, "--vision-pretrain-steps", "2", "--vision-pretrain-colors", "0.5")
+    assert args.func(args) == 0
+    assert "color_token_accuracy" in json.loads((tmp_path / "vision_pretrain.json").read_text())
+    args = _train_args(*common, "--vision-pretrain-colors", "1")
+    with pytest.raises(SystemExit, match="needs --vision-pretrain-steps"):
+        args.func(args)
 
 
 def test_cli_refuses_pretraining_a_given_checkpoint(tmp_path):

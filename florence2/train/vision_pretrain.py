@@ -3,10 +3,13 @@
 Florence-2 starts from a pre-trained DaViT. A tower trained from scratch only through the
 encoder-decoder learns shape slowly, likely because the decoder's cross-attention starts out spread
 evenly over the image tokens, so the loss reaches the tower through what amounts to a mean over
-mostly-background tokens. Here every image token is given its own target instead: the class of what covers it (a
-shape category, text, or background), read from the scene's polygons and text quads. A linear head
-on the tower's last stage is trained with cross-entropy and then thrown away; only the tower's
-weights are kept.
+mostly-background tokens. Here every image token is given its own target instead: the class of what
+covers it (a shape category, text, or background), read from the scene's polygons and text quads,
+and optionally (``colors`` > 0) the colour of what covers it as a second target. Linear heads on
+the tower's last stage are trained with cross-entropy and then thrown away; only the tower's weights
+are kept. The colour target exists because a tower that learns to name shapes alone learns to ignore
+colour: a model trained from such a tower named the colour of a shape in its true box no better
+than chance.
 
     from florence2.train.vision_pretrain import pretrain_vision
     stats = pretrain_vision(model, processor, world, steps=1000, batch_size=32, lr=3e-3)
@@ -33,11 +36,33 @@ from florence2.train.trainer import TrainConfig, lr_at
 _SUBSAMPLE = 8
 # a token takes the class of the shape or text covering the largest part of it, if at least this much
 MIN_COVERAGE = 0.1
+# target of a token that has no colour (the loss skips it)
+IGNORE = -100
 
 
 def token_classes(categories: Sequence[str]) -> list[str]:
     """The classes of the dense targets: the categories, then ``"text"``, then ``"background"``."""
     return [*categories, "text", "background"]
+
+
+def _coverage(
+    record: dict, grid: tuple[int, int], painters: list[tuple[Sequence[float], int]], count: int
+) -> np.ndarray:
+    """(count, rows, cols): the share of each image token that polygons painted with labels
+    ``0..count-1`` cover, painted in order so that a later polygon hides an earlier one."""
+    rows, cols = grid
+    sx, sy = cols * _SUBSAMPLE / record["width"], rows * _SUBSAMPLE / record["height"]
+    painted = np.full((rows * _SUBSAMPLE, cols * _SUBSAMPLE), count, dtype=np.int64)
+    for flat, label in painters:
+        points = np.reshape(np.asarray(flat, dtype=np.float64), (-1, 2)) * (sx, sy)
+        painted[polygon_mask(points, painted.shape[1], painted.shape[0])] = label
+    painted = painted.reshape(rows, _SUBSAMPLE, cols, _SUBSAMPLE)
+    return np.stack([(painted == c).mean(axis=(1, 3)) for c in range(count)])
+
+
+def _dominant(coverage: np.ndarray, empty: int) -> np.ndarray:
+    """Per token, the label covering most of it if that covers at least ``MIN_COVERAGE``, else ``empty``."""
+    return np.where(coverage.max(0) >= MIN_COVERAGE, coverage.argmax(0), empty).astype(np.int64)
 
 
 def token_targets(record: dict, grid: tuple[int, int], categories: Sequence[str]) -> np.ndarray:
@@ -46,20 +71,21 @@ def token_targets(record: dict, grid: tuple[int, int], categories: Sequence[str]
     Shapes are painted in the record's order and texts after them, as the world renders them, so a
     later shape hides an earlier one. A token takes the class covering most of it when that covers
     at least ``MIN_COVERAGE`` of the token, else background."""
-    rows, cols = grid
-    width, height = record["width"], record["height"]
-    sx, sy = cols * _SUBSAMPLE / width, rows * _SUBSAMPLE / height
     index = {name: i for i, name in enumerate(categories)}
     text_class, background = len(categories), len(categories) + 1
-    painted = np.full((rows * _SUBSAMPLE, cols * _SUBSAMPLE), background, dtype=np.int64)
     shapes = [(o["polygon"], index[o["category"]]) for o in record["objects"] if o["category"] in index]
-    for flat, label in shapes + [(t["quad"], text_class) for t in record["texts"]]:
-        points = np.reshape(np.asarray(flat, dtype=np.float64), (-1, 2)) * (sx, sy)
-        painted[polygon_mask(points, painted.shape[1], painted.shape[0])] = label
-    painted = painted.reshape(rows, _SUBSAMPLE, cols, _SUBSAMPLE)
-    coverage = np.stack([(painted == c).mean(axis=(1, 3)) for c in range(background)])  # (C, rows, cols)
-    best = coverage.argmax(0)
-    return np.where(coverage.max(0) >= MIN_COVERAGE, best, background).astype(np.int64)
+    painters = shapes + [(t["quad"], text_class) for t in record["texts"]]
+    return _dominant(_coverage(record, grid, painters, background), background)
+
+
+def token_colors(record: dict, grid: tuple[int, int], colors: Sequence[str]) -> np.ndarray:
+    """(rows, cols) indices into ``colors`` of the colour covering most of each image token (shapes
+    and texts, painted as in :func:`token_targets`), or ``IGNORE`` where no colour covers at least
+    ``MIN_COVERAGE`` of it (background, whose colour the target leaves out)."""
+    index = {name: i for i, name in enumerate(colors)}
+    painters = [(o["polygon"], index[o["color"]]) for o in record["objects"] if o.get("color") in index]
+    painters += [(t["quad"], index[t["color"]]) for t in record["texts"] if t.get("color") in index]
+    return _dominant(_coverage(record, grid, painters, len(colors)), IGNORE)
 
 
 def pretrain_vision(
@@ -72,16 +98,22 @@ def pretrain_vision(
     weight_decay: float = 0.01,
     seed: int = 0,
     progress: bool = True,
+    colors: float = 0.0,
 ) -> dict[str, Any]:
     """Train ``model.vision_tower`` in place to classify each image token of scenes ``0, 1, ...`` of
     ``world`` (``batch_size`` fresh scenes per step; AdamW, ``steps // 20`` warm-up steps, cosine to
-    a tenth of ``lr``, gradients clipped to norm 1). The rest of the model is untouched.
+    a tenth of ``lr``, gradients clipped to norm 1). The rest of the model is untouched. ``colors`` > 0:
+    also classify the colour of each covered token (:func:`token_colors`) with a second head, whose
+    cross-entropy is added to the first with this weight.
 
-    Returns ``{"steps", "loss", "token_accuracy", "object_token_accuracy", "seconds"}``: the loss and
-    accuracies are means over the last tenth of the steps, measured on each batch before its update,
-    so on scenes the tower had not seen (object tokens: those of a shape or text)."""
+    Returns ``{"steps", "loss", "token_accuracy", "object_token_accuracy", "seconds"}``, plus
+    ``"color_token_accuracy"`` with ``colors``: the loss and accuracies are means over the last tenth
+    of the steps, measured on each batch before its update, so on scenes the tower had not seen
+    (object tokens: those of a shape or text; the colour accuracy is over the tokens with a colour)."""
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"pretrain_vision needs steps >= 1, batch_size >= 1 and lr > 0: {steps}, {batch_size}, {lr}")
+    if colors < 0:
+        raise ValueError(f"pretrain_vision needs colors >= 0: {colors}")
     from tqdm.auto import tqdm
 
     tower = model.vision_tower
@@ -90,13 +122,19 @@ def pretrain_vision(
     head = nn.Linear(model.config.vision.out_dim, len(classes)).to(model.device)
     nn.init.normal_(head.weight, std=0.02, generator=generator)
     nn.init.zeros_(head.bias)
-    params = [p for p in tower.parameters() if p.requires_grad] + list(head.parameters())
+    heads = [head]
+    if colors:
+        color_head = nn.Linear(model.config.vision.out_dim, len(world.config.colors)).to(model.device)
+        nn.init.normal_(color_head.weight, std=0.02, generator=generator)
+        nn.init.zeros_(color_head.bias)
+        heads.append(color_head)
+    params = [p for p in tower.parameters() if p.requires_grad] + [p for h in heads for p in h.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     # the trainer's schedule: linear warm-up, then a cosine to a tenth of the peak
     schedule = TrainConfig(total_steps=steps, lr=lr, warmup_steps=max(1, steps // 20), min_lr_ratio=0.1)
     background = len(classes) - 1
     window = max(1, steps // 10)
-    recent: list[tuple[float, float, float]] = []
+    recent: list[tuple[float, float, float, float]] = []
     was_training = tower.training
     tower.train()
     start = time.perf_counter()
@@ -104,11 +142,22 @@ def pretrain_vision(
     for step in bar:
         scenes = [world.scene(step * batch_size + i) for i in range(batch_size)]
         pixels = processor.image_processor.preprocess([image for image, _ in scenes]).pixel_values
-        logits = head(tower(pixels.to(device=model.device, dtype=model.dtype)))  # (B, rows, cols, classes)
+        features = tower(pixels.to(device=model.device, dtype=model.dtype))  # (B, rows, cols, dim)
+        logits = head(features)  # (B, rows, cols, classes)
         grid = (logits.shape[1], logits.shape[2])
         targets = torch.from_numpy(np.stack([token_targets(r, grid, world.config.categories) for _, r in scenes]))
         targets = targets.to(model.device)
         loss = F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten())
+        color_accuracy = float("nan")
+        if colors:
+            color_logits = heads[1](features).flatten(0, 2).float()
+            color_targets = np.stack([token_colors(r, grid, world.config.colors) for _, r in scenes])
+            color_targets = torch.from_numpy(color_targets).to(model.device).flatten()
+            colored = color_targets != IGNORE
+            if bool(colored.any()):  # all ignored would make the mean NaN
+                loss = loss + colors * F.cross_entropy(color_logits[colored], color_targets[colored])
+                with torch.no_grad():
+                    color_accuracy = float((color_logits[colored].argmax(-1) == color_targets[colored]).float().mean())
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, schedule)
         optimizer.zero_grad(set_to_none=True)
@@ -120,15 +169,22 @@ def pretrain_vision(
             right = logits.argmax(-1) == targets
             objects = targets != background
             object_accuracy = float(right[objects].float().mean()) if bool(objects.any()) else float("nan")
-        recent = (recent + [(loss_value, float(right.float().mean()), object_accuracy)])[-window:]
+        recent = (recent + [(loss_value, float(right.float().mean()), object_accuracy, color_accuracy)])[-window:]
         bar.set_postfix(loss=f"{loss_value:.3f}", objects=f"{object_accuracy:.2f}", refresh=False)
     bar.close()
     tower.train(was_training)
-    object_scores = [r[2] for r in recent if not math.isnan(r[2])]
-    return {
+    stats = {
         "steps": steps,
         "loss": float(np.mean([r[0] for r in recent])),
         "token_accuracy": float(np.mean([r[1] for r in recent])),
-        "object_token_accuracy": float(np.mean(object_scores)) if object_scores else float("nan"),
+        "object_token_accuracy": _mean_of_known([r[2] for r in recent]),
         "seconds": time.perf_counter() - start,
     }
+    if colors:
+        stats["color_token_accuracy"] = _mean_of_known([r[3] for r in recent])
+    return stats
+
+
+def _mean_of_known(values: list[float]) -> float:
+    known = [v for v in values if not math.isnan(v)]
+    return float(np.mean(known)) if known else float("nan")
