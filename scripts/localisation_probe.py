@@ -68,21 +68,21 @@ def main() -> None:
     )
 
 
-def name_the_shape(model: Florence2, images: list, records: tuple, name: str) -> None:
+def ask_with_the_true_box(model: Florence2, images: list, records: tuple, task: str) -> list[str]:
     boxes = [record["objects"][0]["bbox"] for record in records]
-    task = "<REGION_TO_CATEGORY>"
     results = model.predict(images, task, region=boxes, num_beams=1, no_repeat_ngram_size=0)
-    answers = [str(result[task]).strip() for result in results]
+    return [str(result[task]).strip() for result in results]
+
+
+def name_the_shape(model: Florence2, images: list, records: tuple, name: str) -> None:
+    answers = ask_with_the_true_box(model, images, records, "<REGION_TO_CATEGORY>")
     right = sum(answer == record["objects"][0]["category"] for answer, record in zip(answers, records))
     common = ", ".join(f"{a} {n}" for a, n in Counter(answers).most_common(3))
     print(f"{name}: right category {right}/{len(answers)}; most common answers: {common}")
 
 
 def describe_the_shape(model: Florence2, images: list, records: tuple, name: str) -> None:
-    boxes = [record["objects"][0]["bbox"] for record in records]
-    task = "<REGION_TO_DESCRIPTION>"
-    results = model.predict(images, task, region=boxes, num_beams=1, no_repeat_ngram_size=0)
-    answers = [str(result[task]).lower().strip() for result in results]
+    answers = [a.lower() for a in ask_with_the_true_box(model, images, records, "<REGION_TO_DESCRIPTION>")]
     # substrings: "medium" is written "medium-sized"
     counts = {
         key: sum(record["objects"][0][key] in answer for answer, record in zip(answers, records))

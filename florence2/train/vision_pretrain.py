@@ -150,7 +150,7 @@ def pretrain_vision(
         loss = F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten())
         color_accuracy = float("nan")
         if colors:
-            color_logits = heads[1](features).flatten(0, 2).float()
+            color_logits = color_head(features).flatten(0, 2).float()
             color_targets = np.stack([token_colors(r, grid, world.config.colors) for _, r in scenes])
             color_targets = torch.from_numpy(color_targets).to(model.device).flatten()
             colored = color_targets != IGNORE
