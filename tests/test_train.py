@@ -387,3 +387,20 @@ def test_cli_trains_a_tiny_model_and_resumes(tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3] and "eval/loss" in records[1]
     assert records[2]["lr"] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))  # fresh model's lr
     assert Florence2.from_pretrained(tmp_path / "checkpoint-last").model.config.text.d_model == 128
+
+
+def test_cli_eval_seed_picks_the_held_out_world(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers())
+    common = ["--batch-size", "2", "--image-size", "64", "--scene-size", "64", "--vocab-size", "300"]
+    common += ["--tasks", "CAPTION,OD", "--no-progress", "--steps", "1", "--eval-every", "1"]
+
+    def losses(name: str, *extra: str) -> tuple[float, float]:
+        args = parser.parse_args(["train", "--out", str(tmp_path / name), *common, *extra])
+        assert args.func(args) == 0
+        (record,) = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return record["loss"], record["eval/loss"]
+
+    default, same, other = losses("default"), losses("same", "--eval-seed", "1"), losses("other", "--eval-seed", "9")
+    assert default == same  # the default held-out world is --seed + 1
+    assert other[0] == default[0] and other[1] != default[1]  # training untouched, another held-out world

@@ -239,8 +239,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     get_item = synthetic_item_fn(world, args.tasks, args.seed)
     eval_fn = None
     if args.eval_every:
-        held_out = SyntheticWorld(world.config, seed=args.seed + 1)
-        eval_items = [synthetic_item_fn(held_out, args.tasks, args.seed + 1)(i) for i in range(_EVAL_ITEMS)]
+        eval_seed = args.seed + 1 if args.eval_seed is None else args.eval_seed
+        held_out = SyntheticWorld(world.config, seed=eval_seed)
+        eval_items = [synthetic_item_fn(held_out, args.tasks, eval_seed)(i) for i in range(_EVAL_ITEMS)]
         eval_fn = make_loss_eval(eval_items, processor, batch_size=min(args.batch_size, 16))
     trainer = Trainer(model, processor, by_target_length(indexed_source(get_item)), config, eval_fn=eval_fn)
     try:
@@ -281,6 +282,9 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint-last if it exists")
     p.add_argument("--stop-at", type=int, help="save and stop after this step (the schedule still spans --steps)")
     p.add_argument("--seed", type=int, default=0, help="seeds the data order, the init and dropout")
+    p.add_argument(
+        "--eval-seed", type=int, help="world seed of the held-out loss (default: --seed + 1); fix it across stages"
+    )
     p.add_argument("--tasks", type=parse_task_weights, help="task weights, e.g. CAPTION=2,OD=1 (default: all, 1)")
     p.add_argument("--scene-size", type=int, default=128, help="synthetic scene side, pixels")
     p.add_argument("--min-objects", type=int, default=1, help="fewest shapes per synthetic scene")
