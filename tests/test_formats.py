@@ -32,7 +32,7 @@ from florence2.data.formats import (
 )
 from florence2.data.samples import OCR_LINE_SEPARATOR
 from florence2.data.synthetic import WorldConfig, write_split
-from florence2.errors import AnnotationError, TaskError
+from florence2.errors import AnnotationError, TaskError, require_field
 from florence2.parsing import post_process_generation
 from florence2.tasks import build_prompt
 
@@ -636,3 +636,15 @@ def test_held_out_split_is_by_image_and_stable():
     ]  # stable under additions
     assert split_held_out(items, 0.2, seed=1)[1] != held
     assert len({e.image for e in split_held_out(items, 1e-9)[1]}) == 1  # a positive fraction holds one out
+
+
+def test_require_field_names_where_and_key():
+    assert require_field("a.json:3", {"n": 2}, "n", int) == 2
+    with pytest.raises(AnnotationError, match=r"^a\.json:3: missing field 'n'$"):
+        require_field("a.json:3", {}, "n", int)
+    with pytest.raises(AnnotationError, match=r"^objects\[0\]\.n: expected int, got True$"):
+        require_field("objects[0]", {"n": True}, "n", int)  # a bool is no int
+    with pytest.raises(AnnotationError, match=r"^a\.json:3: n: expected int or float, got 'x'$"):
+        require_field("a.json:3", {"n": "x"}, "n", (int, float), sep=": ")
+    with pytest.raises(AnnotationError, match=r"^expected a JSON object, got list$"):
+        require_field("", [1], "n", int)

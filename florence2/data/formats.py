@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -66,7 +67,7 @@ import numpy as np
 from PIL import Image
 
 from florence2.coords import NUM_BINS, parse_loc_tokens
-from florence2.errors import AnnotationError, TaskError
+from florence2.errors import AnnotationError, TaskError, require_field
 from florence2.tasks import TASKS, construct_prompt, get_task
 
 __all__ = [
@@ -199,16 +200,7 @@ def _text(where: str, name: str, value: Any) -> str:
     return text
 
 
-def _require(where: str, record: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
-    if not isinstance(record, Mapping):
-        raise AnnotationError(f"{where}: expected a JSON object, got {record!r}")
-    if key not in record:
-        raise AnnotationError(f"{where}: missing field {key!r}")
-    value = record[key]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise AnnotationError(f"{where}: {key}: expected {names}, got {value!r}")
-    return value
+_require = functools.partial(require_field, sep=": ")  # where is "file:line" or "file: element"
 
 
 def _load_json(path: Path) -> Any:

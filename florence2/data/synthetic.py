@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from florence2.errors import AnnotationError
+from florence2.errors import AnnotationError, require_field
 
 __all__ = [
     "ANNOTATIONS_FILE",
@@ -985,16 +985,6 @@ def _check_box(where: str, box: Any, width: int, height: int) -> None:
         raise AnnotationError(f"{where}: expected XYXY with x0 <= x1 and y0 <= y1, got {box}")
 
 
-def _require(where: str, record: dict, key: str, kind: type | tuple[type, ...]) -> Any:
-    if key not in record:
-        raise AnnotationError(f"{where}: missing field {key!r}")
-    value = record[key]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise AnnotationError(f"{where}{'.' if where else ''}{key}: expected {name}, got {value!r}")
-    return value
-
-
 def validate_record(record: Any) -> None:
     """Raise ``AnnotationError`` naming the first bad field of an annotation record.
 
@@ -1004,49 +994,49 @@ def validate_record(record: Any) -> None:
     """
     if not isinstance(record, dict):
         raise AnnotationError(f"expected a JSON object, got {type(record).__name__}")
-    image = _require("", record, "image", str)
+    image = require_field("", record, "image", str)
     if not image:
         raise AnnotationError("image: empty file name")
-    width = _require("", record, "width", int)
-    height = _require("", record, "height", int)
+    width = require_field("", record, "width", int)
+    height = require_field("", record, "height", int)
     if width <= 0 or height <= 0:
         raise AnnotationError(f"width, height: expected positive sizes, got {width}x{height}")
     ids: set[int] = set()
-    for i, obj in enumerate(_require("", record, "objects", list)):
+    for i, obj in enumerate(require_field("", record, "objects", list)):
         where = f"objects[{i}]"
         if not isinstance(obj, dict):
             raise AnnotationError(f"{where}: expected a JSON object, got {obj!r}")
-        object_id = _require(where, obj, "id", int)
+        object_id = require_field(where, obj, "id", int)
         if object_id in ids:
             raise AnnotationError(f"{where}.id: duplicate id {object_id}")
         ids.add(object_id)
         for key in ("category", "color", "size", "brief"):
-            _require(where, obj, key, str)
-        _check_box(f"{where}.bbox", _require(where, obj, "bbox", list), width, height)
-        _check_coords(f"{where}.polygon", _require(where, obj, "polygon", list), None, width, height)
-    for i, text in enumerate(_require("", record, "texts", list)):
+            require_field(where, obj, key, str)
+        _check_box(f"{where}.bbox", require_field(where, obj, "bbox", list), width, height)
+        _check_coords(f"{where}.polygon", require_field(where, obj, "polygon", list), None, width, height)
+    for i, text in enumerate(require_field("", record, "texts", list)):
         where = f"texts[{i}]"
         if not isinstance(text, dict):
             raise AnnotationError(f"{where}: expected a JSON object, got {text!r}")
-        if not _require(where, text, "text", str):
+        if not require_field(where, text, "text", str):
             raise AnnotationError(f"{where}.text: empty text")
-        _check_coords(f"{where}.quad", _require(where, text, "quad", list), 8, width, height)
-        _check_box(f"{where}.bbox", _require(where, text, "bbox", list), width, height)
-    captions = _require("", record, "captions", dict)
+        _check_coords(f"{where}.quad", require_field(where, text, "quad", list), 8, width, height)
+        _check_box(f"{where}.bbox", require_field(where, text, "bbox", list), width, height)
+    captions = require_field("", record, "captions", dict)
     for key in ("brief", "detailed", "more_detailed"):
-        _require("captions", captions, key, str)
+        require_field("captions", captions, key, str)
     brief = captions["brief"]
-    for i, phrase in enumerate(_require("", record, "phrases", list)):
+    for i, phrase in enumerate(require_field("", record, "phrases", list)):
         where = f"phrases[{i}]"
         if not isinstance(phrase, dict):
             raise AnnotationError(f"{where}: expected a JSON object, got {phrase!r}")
-        text = _require(where, phrase, "phrase", str)
-        start, end = _require(where, phrase, "start", int), _require(where, phrase, "end", int)
+        text = require_field(where, phrase, "phrase", str)
+        start, end = require_field(where, phrase, "start", int), require_field(where, phrase, "end", int)
         if not 0 <= start <= end <= len(brief) or brief[start:end] != text:
             raise AnnotationError(
                 f"{where}: {text!r} is not brief caption[{start}:{end}] = {brief[max(0, start) : max(0, end)]!r}"
             )
-        object_ids = _require(where, phrase, "object_ids", list)
+        object_ids = require_field(where, phrase, "object_ids", list)
         if not object_ids or not all(_is_int(j) and j in ids for j in object_ids):
             raise AnnotationError(f"{where}.object_ids: {object_ids} must name objects of this record")
 

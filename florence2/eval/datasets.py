@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from florence2.errors import AnnotationError
+from florence2.errors import AnnotationError, require_field
 
 __all__ = [
     "CaptionData",
@@ -103,15 +103,7 @@ def _is_int(v: Any) -> bool:
 
 def _field(path: Path, where: str, item: Any, key: str, kind: type | tuple[type, ...]) -> Any:
     """``item[key]``, checked to exist and to be of ``kind`` (bools are no ints)."""
-    if not isinstance(item, Mapping):
-        raise _error(path, where, f"expected a JSON object, got {type(item).__name__}")
-    if key not in item:
-        raise _error(path, where, f"missing field {key!r}")
-    value = item[key]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise _error(path, f"{where}.{key}", f"expected {names}, got {value!r}"[:300])
-    return value
+    return require_field(f"{path}: {where}" if where else str(path), item, key, kind, sep="." if where else ": ")
 
 
 def _list(path: Path, data: Any, key: str) -> list:
