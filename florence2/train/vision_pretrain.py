@@ -119,14 +119,17 @@ def pretrain_vision(
     tower = model.vision_tower
     classes = token_classes(world.config.categories)
     generator = torch.Generator().manual_seed(seed)
-    head = nn.Linear(model.config.vision.out_dim, len(classes)).to(model.device)
-    nn.init.normal_(head.weight, std=0.02, generator=generator)
-    nn.init.zeros_(head.bias)
+
+    def new_head(outputs: int) -> nn.Linear:
+        layer = nn.Linear(model.config.vision.out_dim, outputs)  # initialised on the CPU, as the generator is
+        nn.init.normal_(layer.weight, std=0.02, generator=generator)
+        nn.init.zeros_(layer.bias)
+        return layer.to(model.device)
+
+    head = new_head(len(classes))
     heads = [head]
     if colors:
-        color_head = nn.Linear(model.config.vision.out_dim, len(world.config.colors)).to(model.device)
-        nn.init.normal_(color_head.weight, std=0.02, generator=generator)
-        nn.init.zeros_(color_head.bias)
+        color_head = new_head(len(world.config.colors))
         heads.append(color_head)
     params = [p for p in tower.parameters() if p.requires_grad] + [p for h in heads for p in h.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
