@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -44,3 +47,21 @@ def require_field(where: str, item: Any, key: str, kind: type | tuple[type, ...]
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise AnnotationError(f"{where}{sep if where else ''}{key}: expected {names}, got {value!r}"[:300])
     return value
+
+
+def read_checkpoint_json(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object in a checkpoint's file ``path`` (a config, a tokenizer or adapter config).
+
+    Raises:
+        CheckpointError: naming ``path`` when it cannot be read, is not valid JSON (``malformed``),
+            or holds something other than a JSON object.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"malformed {path}: {e}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data

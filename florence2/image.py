@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from florence2.errors import CheckpointError, ImageLoadError
+from florence2.errors import CheckpointError, ImageLoadError, read_checkpoint_json
 
 # Largest image ``load_image`` accepts by default: 100 megapixels (10000 x 10000), above every
 # common camera and scanner output yet far below what would exhaust memory (an RGB image of this
@@ -508,12 +508,7 @@ class ImageProcessor:
                 return cls()
         elif not path.is_file():
             raise CheckpointError(f"checkpoint folder {str(folder)!r} does not exist")
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CheckpointError(f"cannot read image preprocessor config {str(path)!r}: {error}") from error
-        if not isinstance(config, dict):
-            raise CheckpointError(f"image preprocessor config {str(path)!r} must hold a JSON object")
+        config = read_checkpoint_json(path)
         try:
             return cls.from_dict(config)
         except CheckpointError as error:

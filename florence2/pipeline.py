@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import torch
 
-from florence2.errors import CheckpointError, TaskError
+from florence2.errors import CheckpointError, TaskError, read_checkpoint_json
 from florence2.generation import DecodingOptions, generate
 from florence2.image import ImageSource
 from florence2.model.florence2 import Florence2Model
@@ -43,10 +42,7 @@ def _generation_defaults(folder: Path) -> dict[str, Any]:
     path = folder / "generation_config.json"
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"malformed {path}: {e}") from e
+    data = read_checkpoint_json(path)
     return {k: data[k] for k in _GENERATION_KEYS if k in data and data[k] is not None}
 
 

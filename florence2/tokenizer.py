@@ -16,7 +16,7 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from florence2.coords import NUM_BINS
-from florence2.errors import CheckpointError, TaskError
+from florence2.errors import CheckpointError, TaskError, read_checkpoint_json
 
 FLORENCE2_SPECIAL_TOKENS: list[str] = [
     "<od>",
@@ -136,7 +136,7 @@ class Florence2Tokenizer:
             raise CheckpointError(f"cannot read the tokenizer files in {folder}: {e}") from e
         config = {}
         if (folder / "tokenizer_config.json").is_file():
-            config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+            config = read_checkpoint_json(folder / "tokenizer_config.json")
         max_length = config.get("model_max_length", DEFAULT_MODEL_MAX_LENGTH)
         if not isinstance(max_length, int) or max_length > 10**9:  # transformers writes 1e30 for "none"
             max_length = DEFAULT_MODEL_MAX_LENGTH

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from florence2.config import Florence2Config, config_from_dict, config_to_native_dict
-from florence2.errors import CheckpointError
+from florence2.errors import CheckpointError, read_checkpoint_json
 from florence2.model.florence2 import Florence2Model, sinusoid_table
 
 if TYPE_CHECKING:
@@ -195,11 +195,7 @@ def read_config(folder: Path) -> Florence2Config:
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(f"no config.json in {folder}")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"malformed {path}: {e}") from e
-    return config_from_dict(data)
+    return config_from_dict(read_checkpoint_json(path))
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

@@ -258,6 +258,14 @@ def test_tokenizer_config(trained, tmp_path):
     assert trained.decode(trained.encode("It is red .")) == "<s>It is red .</s>"
 
 
+@pytest.mark.parametrize(("content", "message"), [("{not json", "malformed"), ("[1, 2]", "expected a JSON object")])
+def test_malformed_tokenizer_config_names_the_file(trained, tmp_path, content, message):
+    trained.save_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(content)
+    with pytest.raises(CheckpointError, match=rf"{message}.*tokenizer_config\.json|tokenizer_config\.json.*{message}"):
+        Florence2Tokenizer.from_pretrained(tmp_path)
+
+
 def test_missing_tokenizer_files(tmp_path):
     with pytest.raises(CheckpointError, match=str(tmp_path)):
         Florence2Tokenizer.from_pretrained(tmp_path)

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from florence2.errors import CheckpointError
+from florence2.errors import CheckpointError, read_checkpoint_json
 from florence2.model.florence2 import Florence2Model
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -308,12 +308,7 @@ def read_peft_adapter(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[s
     config_path = folder / ADAPTER_CONFIG
     if not config_path.is_file():
         raise CheckpointError(f"no {ADAPTER_CONFIG} in {folder}")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"malformed {config_path}: {e}") from e
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{config_path}: expected a JSON object")
+    config = read_checkpoint_json(config_path)
     if str(config.get("peft_type", "LORA")).upper() != "LORA":
         raise CheckpointError(f"{config_path}: peft_type {config.get('peft_type')!r} is not LORA")
     for flag in ("use_dora", "fan_in_fan_out"):
