@@ -12,7 +12,14 @@ from florence2.data.synthetic import SyntheticWorld, WorldConfig
 from florence2.model.florence2 import Florence2Model
 from florence2.tokenizer import train_bpe_tokenizer
 from florence2.train.cli import add_train_parser
-from florence2.train.vision_pretrain import IGNORE, pretrain_vision, token_classes, token_colors, token_targets
+from florence2.train.vision_pretrain import (
+    IGNORE,
+    pretrain_vision,
+    token_boxes,
+    token_classes,
+    token_colors,
+    token_targets,
+)
 from tests.checkpoints import tiny_config
 
 CATEGORIES = ("circle", "square", "star")
@@ -104,6 +111,34 @@ def test_shapes_of_one_colour_add_up_and_unknown_colours_are_ignored():
     assert colors[0, 0] == 0 and (colors.flatten()[1:] == IGNORE).all()
 
 
+def test_a_token_gets_the_distances_to_the_edges_of_its_objects_box():
+    # 4x4 tokens of 16 px; the square (4..36, 0..20) covers tokens (0, 0), (0, 1) and most of (0, 2)'s
+    # left quarter; the text (40..64, 48..64) lies on top of nothing
+    record = _record([("square", _square(4, 0, 36, 20))], texts=[_square(40, 48, 64, 64)])
+    distances, covered = token_boxes(record, (4, 4))
+    expected = np.zeros((4, 4), dtype=bool)
+    expected[0, :3] = True  # token (0, 2): 4 of 16 px wide, 16 of 16 high = 25% >= MIN_COVERAGE
+    expected[1, :2] = True  # 4 px of 16 rows: 19% and 25%; token (1, 2) 4 x 4 px: 6%
+    expected[3, 2:] = True
+    np.testing.assert_array_equal(covered, expected)
+    # token (0, 1), centre (24, 8): 20 px to the left edge, 8 up, 12 right, 12 down; in token sides
+    np.testing.assert_allclose(distances[0, 1], [20 / 16, 8 / 16, 12 / 16, 12 / 16])
+    # token (1, 0), centre (8, 24): below the box's bottom edge, a negative distance
+    np.testing.assert_allclose(distances[1, 0], [4 / 16, 24 / 16, 28 / 16, -4 / 16])
+    np.testing.assert_allclose(distances[3, 3], [(56 - 40) / 16, (56 - 48) / 16, 8 / 16, 8 / 16])
+    assert (distances[~covered] == 0).all()
+
+
+def test_the_object_on_top_owns_a_token_and_an_empty_scene_has_no_box_targets():
+    record = _record([("square", _square(0, 0, 64, 64)), ("star", _square(16, 16, 32, 32))])
+    distances, covered = token_boxes(record, (4, 4))
+    assert covered.all()
+    np.testing.assert_allclose(distances[1, 1], [0.5, 0.5, 0.5, 0.5])  # the star's box
+    np.testing.assert_allclose(distances[0, 0], [0.5, 0.5, 3.5, 3.5])  # the square's
+    distances, covered = token_boxes(_record([]), (2, 3))
+    assert distances.shape == (2, 3, 4) and not covered.any()
+
+
 @pytest.fixture(scope="module")
 def setup():
     tokenizer = train_bpe_tokenizer(["a red circle", "a blue square"] * 20, vocab_size=300)
@@ -141,6 +176,17 @@ def test_colour_targets_add_a_head_that_learns(setup):
     assert stats["color_token_accuracy"] > 1.5 / len(world.config.colors)
 
 
+def test_box_targets_add_a_head_that_learns(setup):
+    processor, world = setup
+    torch.manual_seed(0)
+    model = Florence2Model(tiny_config(vocab_size=processor.tokenizer.vocab_size)).init_weights()
+    first = pretrain_vision(model, processor, world, steps=1, batch_size=8, progress=False, boxes=1.0)
+    stats = pretrain_vision(model, processor, world, steps=40, batch_size=8, progress=False, boxes=1.0)
+    assert set(stats) == {"steps", "loss", "token_accuracy", "object_token_accuracy", "box_error_px", "seconds"}
+    assert stats["loss"] < 0.6 * first["loss"]
+    assert 0 < stats["box_error_px"] < first["box_error_px"]
+
+
 def test_colour_targets_change_what_the_tower_learns(setup):
     processor, world = setup
     towers = []
@@ -170,6 +216,8 @@ def test_pretraining_refuses_bad_settings(setup):
         pretrain_vision(model, processor, world, steps=0)
     with pytest.raises(ValueError, match="colors >= 0"):
         pretrain_vision(model, processor, world, steps=1, colors=-1.0)
+    with pytest.raises(ValueError, match="boxes >= 0"):
+        pretrain_vision(model, processor, world, steps=1, boxes=-1.0)
 
 
 def _train_args(*extra):
@@ -187,15 +235,19 @@ def test_cli_pretrains_a_fresh_model_and_records_the_figures(tmp_path):
     assert figures["steps"] == 3 and figures["lr"] == 3e-3
 
 
-def test_cli_colour_targets_are_recorded_and_need_pretraining(tmp_path):
+def test_cli_colour_and_box_targets_are_recorded_and_need_pretraining(tmp_path):
     common = ["--out", str(tmp_path), "--batch-size", "2", "--image-size", "64", "--scene-size", "64"]
     common += ["--vocab-size", "300", "--tasks", "OD", "--no-progress", "--steps", "1"]
-    args = _train_args(*common, "--vision-pretrain-steps", "2", "--vision-pretrain-colors", "0.5")
+    args = _train_args(
+        *common, "--vision-pretrain-steps", "2", "--vision-pretrain-colors", "0.5", "--vision-pretrain-boxes", "0.5"
+    )
     assert args.func(args) == 0
-    assert "color_token_accuracy" in json.loads((tmp_path / "vision_pretrain.json").read_text())
-    args = _train_args(*common, "--vision-pretrain-colors", "1")
-    with pytest.raises(SystemExit, match="needs --vision-pretrain-steps"):
-        args.func(args)
+    figures = json.loads((tmp_path / "vision_pretrain.json").read_text())
+    assert "color_token_accuracy" in figures and "box_error_px" in figures
+    for flag in ("--vision-pretrain-colors", "--vision-pretrain-boxes"):
+        args = _train_args(*common, flag, "1")
+        with pytest.raises(SystemExit, match=f"{flag} needs --vision-pretrain-steps"):
+            args.func(args)
 
 
 def test_cli_refuses_pretraining_a_given_checkpoint(tmp_path):

@@ -168,12 +168,14 @@ def _pretrain_vision(
         seed=args.seed,
         progress=args.progress and dist_info.is_main,
         colors=args.vision_pretrain_colors,
+        boxes=args.vision_pretrain_boxes,
     )
     if not dist_info.is_main:
         return
     out.mkdir(parents=True, exist_ok=True)
     (out / "vision_pretrain.json").write_text(json.dumps({**stats, "lr": args.vision_pretrain_lr}, indent=2) + "\n")
     colors = f", colour-token accuracy {stats['color_token_accuracy']:.2f}" if "color_token_accuracy" in stats else ""
+    colors += f", box-edge error {stats['box_error_px']:.1f} px" if "box_error_px" in stats else ""
     print(
         f"vision pre-training: {stats['steps']} steps in {stats['seconds']:.0f} s, loss {stats['loss']:.3f}, "
         f"object-token accuracy {stats['object_token_accuracy']:.2f}{colors}",
@@ -198,8 +200,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise SystemExit("--vision-pretrain-steps must be >= 0")
     if args.vision_pretrain_steps and args.model:
         raise SystemExit("--vision-pretrain-steps pre-trains a fresh model's vision tower: leave out --model")
-    if args.vision_pretrain_colors and not args.vision_pretrain_steps:
-        raise SystemExit("--vision-pretrain-colors needs --vision-pretrain-steps")
+    for flag in ("colors", "boxes"):
+        if getattr(args, f"vision_pretrain_{flag}") and not args.vision_pretrain_steps:
+            raise SystemExit(f"--vision-pretrain-{flag} needs --vision-pretrain-steps")
     world = SyntheticWorld(
         WorldConfig(image_size=args.scene_size, min_objects=args.min_objects, max_objects=args.max_objects),
         seed=args.seed,
@@ -308,6 +311,14 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="WEIGHT",
         help="that pre-training also names the colour of what covers each token (a second head), its loss "
         "weighted so; default 0 (off)",
+    )
+    p.add_argument(
+        "--vision-pretrain-boxes",
+        type=float,
+        default=0.0,
+        metavar="WEIGHT",
+        help="that pre-training also regresses, per covered token, the distances to its shape's or text's box "
+        "edges (a third head, L1 loss weighted so); default 0 (off)",
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK when available)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)

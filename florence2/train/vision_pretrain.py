@@ -9,7 +9,9 @@ and optionally (``colors`` > 0) the colour of what covers it as a second target.
 the tower's last stage are trained with cross-entropy and then thrown away; only the tower's weights
 are kept. The colour target exists because a tower that learns to name shapes alone learns to ignore
 colour: a model trained from such a tower named the colour of a shape in its true box no better
-than chance.
+than chance. With ``boxes`` > 0 a third, regression head gives each token covered by a shape or text
+the distances from the token's centre to the four edges of that shape's or text's box (in token
+sides, L1 loss), so that the tower's features say where each object ends as well as what it is.
 
     from florence2.train.vision_pretrain import pretrain_vision
     stats = pretrain_vision(model, processor, world, steps=1000, batch_size=32, lr=3e-3)
@@ -88,6 +90,41 @@ def token_colors(record: dict, grid: tuple[int, int], colors: Sequence[str]) -> 
     return _dominant(_coverage(record, grid, painters, len(colors)), IGNORE)
 
 
+def token_boxes(record: dict, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols, 4) distances from each image token's centre to the left, top, right and bottom
+    edges of the box of the shape or text covering most of it (painted as in :func:`token_targets`,
+    every shape counted whatever its category), in token widths and heights, and the (rows, cols)
+    mask of the tokens that one covers at least ``MIN_COVERAGE`` of (the others have no target).
+    A distance is negative where the centre lies outside that box."""
+    rows, cols = grid
+    items = [o["polygon"] for o in record["objects"]] + [t["quad"] for t in record["texts"]]
+    if not items:
+        return np.zeros((rows, cols, 4)), np.zeros((rows, cols), dtype=bool)
+    owner = _dominant(_coverage(record, grid, [(flat, i) for i, flat in enumerate(items)], len(items)), -1)
+    width, height = record["width"], record["height"]
+    boxes = np.empty((len(items), 4))
+    for i, flat in enumerate(items):
+        points = np.reshape(np.asarray(flat, dtype=np.float64), (-1, 2))
+        x0, y0 = np.clip(points.min(0), 0, (width, height))
+        x1, y1 = np.clip(points.max(0), 0, (width, height))
+        boxes[i] = (x0, y0, x1, y1)
+    sx, sy = width / cols, height / rows
+    cx = (np.arange(cols) + 0.5) * sx
+    cy = (np.arange(rows) + 0.5) * sy
+    box = boxes[np.maximum(owner, 0)]  # (rows, cols, 4)
+    distances = np.stack(
+        [
+            (cx[None, :] - box[..., 0]) / sx,
+            (cy[:, None] - box[..., 1]) / sy,
+            (box[..., 2] - cx[None, :]) / sx,
+            (box[..., 3] - cy[:, None]) / sy,
+        ],
+        axis=-1,
+    )
+    covered = owner >= 0
+    return np.where(covered[..., None], distances, 0.0), covered
+
+
 def pretrain_vision(
     model: Florence2Model,
     processor: Florence2Processor,
@@ -99,21 +136,25 @@ def pretrain_vision(
     seed: int = 0,
     progress: bool = True,
     colors: float = 0.0,
+    boxes: float = 0.0,
 ) -> dict[str, Any]:
     """Train ``model.vision_tower`` in place to classify each image token of scenes ``0, 1, ...`` of
     ``world`` (``batch_size`` fresh scenes per step; AdamW, ``steps // 20`` warm-up steps, cosine to
     a tenth of ``lr``, gradients clipped to norm 1). The rest of the model is untouched. ``colors`` > 0:
     also classify the colour of each covered token (:func:`token_colors`) with a second head, whose
-    cross-entropy is added to the first with this weight.
+    cross-entropy is added to the first with this weight. ``boxes`` > 0: also regress each covered
+    token's distances to its object's box edges (:func:`token_boxes`) with a third head, the L1 loss
+    added with this weight.
 
     Returns ``{"steps", "loss", "token_accuracy", "object_token_accuracy", "seconds"}``, plus
-    ``"color_token_accuracy"`` with ``colors``: the loss and accuracies are means over the last tenth
+    ``"color_token_accuracy"`` with ``colors`` and ``"box_error_px"`` (mean absolute error of an
+    edge, in pixels of the scene) with ``boxes``: the loss and accuracies are means over the last tenth
     of the steps, measured on each batch before its update, so on scenes the tower had not seen
     (object tokens: those of a shape or text; the colour accuracy is over the tokens with a colour)."""
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"pretrain_vision needs steps >= 1, batch_size >= 1 and lr > 0: {steps}, {batch_size}, {lr}")
-    if colors < 0:
-        raise ValueError(f"pretrain_vision needs colors >= 0: {colors}")
+    if colors < 0 or boxes < 0:
+        raise ValueError(f"pretrain_vision needs colors >= 0 and boxes >= 0: {colors}, {boxes}")
     from tqdm.auto import tqdm
 
     tower = model.vision_tower
@@ -131,13 +172,16 @@ def pretrain_vision(
     if colors:
         color_head = new_head(len(world.config.colors))
         heads.append(color_head)
+    if boxes:
+        box_head = new_head(4)
+        heads.append(box_head)
     params = [p for p in tower.parameters() if p.requires_grad] + [p for h in heads for p in h.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     # the trainer's schedule: linear warm-up, then a cosine to a tenth of the peak
     schedule = TrainConfig(total_steps=steps, lr=lr, warmup_steps=max(1, steps // 20), min_lr_ratio=0.1)
     background = len(classes) - 1
     window = max(1, steps // 10)
-    recent: list[tuple[float, float, float, float]] = []
+    recent: list[tuple[float, float, float, float, float]] = []
     was_training = tower.training
     tower.train()
     start = time.perf_counter()
@@ -161,6 +205,17 @@ def pretrain_vision(
                 loss = loss + colors * F.cross_entropy(color_logits[colored], color_targets[colored])
                 with torch.no_grad():
                     color_accuracy = float((color_logits[colored].argmax(-1) == color_targets[colored]).float().mean())
+        box_error = float("nan")
+        if boxes:
+            pairs = [token_boxes(r, grid) for _, r in scenes]
+            box_targets = torch.from_numpy(np.stack([d for d, _ in pairs])).to(model.device).flatten(0, 2)
+            covered = torch.from_numpy(np.stack([m for _, m in pairs])).to(model.device).flatten()
+            if bool(covered.any()):
+                error = (box_head(features).flatten(0, 2).float()[covered] - box_targets[covered].float()).abs()
+                loss = loss + boxes * error.mean()
+                # in pixels: the targets are in token sides (x: width / cols, y: height / rows)
+                sx, sy = scenes[0][1]["width"] / grid[1], scenes[0][1]["height"] / grid[0]
+                box_error = float((error.detach().cpu() * torch.tensor([sx, sy, sx, sy])).mean())
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, schedule)
         optimizer.zero_grad(set_to_none=True)
@@ -172,7 +227,8 @@ def pretrain_vision(
             right = logits.argmax(-1) == targets
             objects = targets != background
             object_accuracy = float(right[objects].float().mean()) if bool(objects.any()) else float("nan")
-        recent = (recent + [(loss_value, float(right.float().mean()), object_accuracy, color_accuracy)])[-window:]
+        figures = (loss_value, float(right.float().mean()), object_accuracy, color_accuracy, box_error)
+        recent = (recent + [figures])[-window:]
         bar.set_postfix(loss=f"{loss_value:.3f}", objects=f"{object_accuracy:.2f}", refresh=False)
     bar.close()
     tower.train(was_training)
@@ -185,6 +241,8 @@ def pretrain_vision(
     }
     if colors:
         stats["color_token_accuracy"] = _mean_of_known([r[3] for r in recent])
+    if boxes:
+        stats["box_error_px"] = _mean_of_known([r[4] for r in recent])
     return stats
 
 
