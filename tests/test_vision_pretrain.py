@@ -78,9 +78,12 @@ def test_targets_follow_the_grid_not_the_scene_size():
     assert (targets[:, :4] == SQUARE).all() and (targets[:, 4:] == BACKGROUND).all()
 
 
-def test_unknown_categories_are_left_as_background():
+def test_unknown_categories_are_left_as_background_but_hide_what_lies_below():
     targets = token_targets(_record([("arrow", _square(0, 0, 64, 64))]), (4, 4), CATEGORIES)
     assert (targets == BACKGROUND).all()
+    record = _record([("star", _square(0, 0, 64, 64)), ("arrow", _square(0, 0, 32, 64))])
+    targets = token_targets(record, (4, 4), CATEGORIES)
+    assert (targets[:, :2] == BACKGROUND).all() and (targets[:, 2:] == STAR).all()
 
 
 COLORS = ("red", "green", "blue")

@@ -47,62 +47,80 @@ def token_classes(categories: Sequence[str]) -> list[str]:
     return [*categories, "text", "background"]
 
 
-def _coverage(
-    record: dict, grid: tuple[int, int], painters: list[tuple[Sequence[float], int]], count: int
-) -> np.ndarray:
-    """(count, rows, cols): the share of each image token that polygons painted with labels
-    ``0..count-1`` cover, painted in order so that a later polygon hides an earlier one."""
+def item_coverage(record: dict, grid: tuple[int, int]) -> np.ndarray:
+    """(items, rows, cols): the share of each image token covered by each shape of ``record``, then by
+    each of its texts, painted in that order (as the world renders them) so that a later one hides an
+    earlier one. The three target functions read this; compute it once per scene and pass it on."""
     rows, cols = grid
+    items = [o["polygon"] for o in record["objects"]] + [t["quad"] for t in record["texts"]]
     sx, sy = cols * _SUBSAMPLE / record["width"], rows * _SUBSAMPLE / record["height"]
-    painted = np.full((rows * _SUBSAMPLE, cols * _SUBSAMPLE), count, dtype=np.int64)
-    for flat, label in painters:
+    painted = np.full((rows * _SUBSAMPLE, cols * _SUBSAMPLE), len(items), dtype=np.int64)
+    for label, flat in enumerate(items):
         points = np.reshape(np.asarray(flat, dtype=np.float64), (-1, 2)) * (sx, sy)
         painted[polygon_mask(points, painted.shape[1], painted.shape[0])] = label
     painted = painted.reshape(rows, _SUBSAMPLE, cols, _SUBSAMPLE)
-    return np.stack([(painted == c).mean(axis=(1, 3)) for c in range(count)])
+    shares = [(painted == i).mean(axis=(1, 3)) for i in range(len(items))]
+    return np.stack(shares) if shares else np.zeros((0, rows, cols))
 
 
 def _dominant(coverage: np.ndarray, empty: int) -> np.ndarray:
     """Per token, the label covering most of it if that covers at least ``MIN_COVERAGE``, else ``empty``."""
+    if not len(coverage):
+        return np.full(coverage.shape[1:], empty, dtype=np.int64)
     return np.where(coverage.max(0) >= MIN_COVERAGE, coverage.argmax(0), empty).astype(np.int64)
 
 
-def token_targets(record: dict, grid: tuple[int, int], categories: Sequence[str]) -> np.ndarray:
+def _grouped(coverage: np.ndarray, labels: list[int | None], count: int) -> np.ndarray:
+    """(count, rows, cols): the coverage of the items summed by label; items labelled None count for none."""
+    grouped = np.zeros((count, *coverage.shape[1:]))
+    for item, label in enumerate(labels):
+        if label is not None:
+            grouped[label] += coverage[item]
+    return grouped
+
+
+def token_targets(
+    record: dict, grid: tuple[int, int], categories: Sequence[str], coverage: np.ndarray | None = None
+) -> np.ndarray:
     """(rows, cols) class indices (see :func:`token_classes`) of a scene's image tokens.
 
-    Shapes are painted in the record's order and texts after them, as the world renders them, so a
-    later shape hides an earlier one. A token takes the class covering most of it when that covers
-    at least ``MIN_COVERAGE`` of the token, else background."""
+    A token takes the class covering most of it (shapes and texts painted as in
+    :func:`item_coverage`; ``coverage`` is that, if already computed) when that covers at least
+    ``MIN_COVERAGE`` of the token, else background. A shape of a category not in ``categories`` is
+    painted (it hides what lies below it) but counts for no class."""
     index = {name: i for i, name in enumerate(categories)}
-    text_class, background = len(categories), len(categories) + 1
-    shapes = [(o["polygon"], index[o["category"]]) for o in record["objects"] if o["category"] in index]
-    painters = shapes + [(t["quad"], text_class) for t in record["texts"]]
-    return _dominant(_coverage(record, grid, painters, background), background)
+    coverage = item_coverage(record, grid) if coverage is None else coverage
+    labels = [index.get(o["category"]) for o in record["objects"]] + [len(categories)] * len(record["texts"])
+    background = len(categories) + 1
+    return _dominant(_grouped(coverage, labels, background), background)
 
 
-def token_colors(record: dict, grid: tuple[int, int], colors: Sequence[str]) -> np.ndarray:
+def token_colors(
+    record: dict, grid: tuple[int, int], colors: Sequence[str], coverage: np.ndarray | None = None
+) -> np.ndarray:
     """(rows, cols) indices into ``colors`` of the colour covering most of each image token (shapes
-    and texts, painted as in :func:`token_targets`), or ``IGNORE`` where no colour covers at least
+    and texts, painted as in :func:`item_coverage`), or ``IGNORE`` where no colour covers at least
     ``MIN_COVERAGE`` of it (background, whose colour the target leaves out)."""
     index = {name: i for i, name in enumerate(colors)}
-    painters = [(o["polygon"], index[o["color"]]) for o in record["objects"] if o.get("color") in index]
-    painters += [(t["quad"], index[t["color"]]) for t in record["texts"] if t.get("color") in index]
-    return _dominant(_coverage(record, grid, painters, len(colors)), IGNORE)
+    coverage = item_coverage(record, grid) if coverage is None else coverage
+    labels = [index.get(item.get("color")) for item in [*record["objects"], *record["texts"]]]
+    return _dominant(_grouped(coverage, labels, len(colors)), IGNORE)
 
 
-def token_boxes(record: dict, grid: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def token_boxes(
+    record: dict, grid: tuple[int, int], coverage: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols, 4) distances from each image token's centre to the left, top, right and bottom
-    edges of the box of the shape or text covering most of it (painted as in :func:`token_targets`,
+    edges of the box of the shape or text covering most of it (painted as in :func:`item_coverage`,
     every shape counted whatever its category), in token widths and heights, and the (rows, cols)
     mask of the tokens that one covers at least ``MIN_COVERAGE`` of (the others have no target).
     A distance is negative where the centre lies outside that box."""
     rows, cols = grid
     items = [o["polygon"] for o in record["objects"]] + [t["quad"] for t in record["texts"]]
-    if not items:
-        return np.zeros((rows, cols, 4)), np.zeros((rows, cols), dtype=bool)
-    owner = _dominant(_coverage(record, grid, [(flat, i) for i, flat in enumerate(items)], len(items)), -1)
+    coverage = item_coverage(record, grid) if coverage is None else coverage
+    owner = _dominant(coverage, -1)
     width, height = record["width"], record["height"]
-    boxes = np.empty((len(items), 4))
+    boxes = np.zeros((max(1, len(items)), 4))
     for i, flat in enumerate(items):
         points = np.reshape(np.asarray(flat, dtype=np.float64), (-1, 2))
         x0, y0 = np.clip(points.min(0), 0, (width, height))
@@ -192,13 +210,17 @@ def pretrain_vision(
         features = tower(pixels.to(device=model.device, dtype=model.dtype))  # (B, rows, cols, dim)
         logits = head(features)  # (B, rows, cols, classes)
         grid = (logits.shape[1], logits.shape[2])
-        targets = torch.from_numpy(np.stack([token_targets(r, grid, world.config.categories) for _, r in scenes]))
+        coverages = [item_coverage(r, grid) for _, r in scenes]  # each scene painted once for all targets
+        targets = [token_targets(r, grid, world.config.categories, c) for (_, r), c in zip(scenes, coverages)]
+        targets = torch.from_numpy(np.stack(targets))
         targets = targets.to(model.device)
         loss = F.cross_entropy(logits.flatten(0, 2).float(), targets.flatten())
         color_accuracy = float("nan")
         if colors:
             color_logits = color_head(features).flatten(0, 2).float()
-            color_targets = np.stack([token_colors(r, grid, world.config.colors) for _, r in scenes])
+            color_targets = np.stack(
+                [token_colors(r, grid, world.config.colors, c) for (_, r), c in zip(scenes, coverages)]
+            )
             color_targets = torch.from_numpy(color_targets).to(model.device).flatten()
             colored = color_targets != IGNORE
             if bool(colored.any()):  # all ignored would make the mean NaN
@@ -207,7 +229,7 @@ def pretrain_vision(
                     color_accuracy = float((color_logits[colored].argmax(-1) == color_targets[colored]).float().mean())
         box_error = float("nan")
         if boxes:
-            pairs = [token_boxes(r, grid) for _, r in scenes]
+            pairs = [token_boxes(r, grid, c) for (_, r), c in zip(scenes, coverages)]
             box_targets = torch.from_numpy(np.stack([d for d, _ in pairs])).to(model.device).flatten(0, 2)
             covered = torch.from_numpy(np.stack([m for _, m in pairs])).to(model.device).flatten()
             if bool(covered.any()):
