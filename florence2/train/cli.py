@@ -256,7 +256,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_loc_sigma(parser: argparse.ArgumentParser) -> None:
+def _add_optimizer_options(parser: argparse.ArgumentParser, batch_size: int, lr_help: str, warmup_help: str) -> None:
+    """The options ``train`` and ``finetune`` share: batch, optimizer, schedule and location targets."""
+    parser.add_argument(
+        "--batch-size", type=int, default=batch_size, help=f"global batch over all processes (default {batch_size})"
+    )
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
+    parser.add_argument("--lr", type=float, help=f"peak learning rate ({lr_help})")
+    parser.add_argument("--warmup", type=int, help=f"linear warm-up steps ({warmup_help})")
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--clip-norm", type=float, default=1.0, help="gradient norm clip; 0 turns it off")
     parser.add_argument(
         "--loc-sigma",
         type=float,
@@ -273,12 +282,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     init.add_argument("--model", help="start from this checkpoint (either public layout)")
     init.add_argument("--config", choices=["tiny"], default="tiny", help="a fresh model of this size (default)")
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps in all (default 1000)")
-    p.add_argument("--batch-size", type=int, default=16, help="global batch over all processes (default 16)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 fresh, 1e-5 with --model)")
-    p.add_argument("--warmup", type=int, help="linear warm-up steps (default steps / 20)")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--clip-norm", type=float, default=1.0, help="gradient norm clip; 0 turns it off")
+    _add_optimizer_options(p, 16, "default 1e-3 fresh, 1e-5 with --model", "default steps / 20")
     p.add_argument("--eval-every", type=int, default=0, help="held-out loss every N steps (0: never)")
     p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (and at the end)")
     p.add_argument("--log-every", type=int, default=10)
@@ -295,7 +299,6 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=128, help="model input side of a fresh model, pixels")
     p.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary of a fresh model's tokenizer")
     p.add_argument("--freeze-vision", action="store_true", help="train the language side only")
-    _add_loc_sigma(p)
     p.add_argument(
         "--vision-pretrain-steps",
         type=int,
@@ -420,12 +423,7 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimizer steps (0: only merge --adapter and save)")
     length.add_argument("--epochs", type=float, default=3.0, help="passes over the training examples (default 3)")
-    p.add_argument("--batch-size", type=int, default=8, help="global batch over all processes (default 8)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-steps per optimizer step")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-5; 1e-4 with --lora)")
-    p.add_argument("--warmup", type=int, help="linear warm-up steps (default 5%% of the steps)")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--clip-norm", type=float, default=1.0, help="gradient norm clip; 0 turns it off")
+    _add_optimizer_options(p, 8, "default 1e-5; 1e-4 with --lora", "default 5%% of the steps")
     p.add_argument("--freeze", help=f"frozen groups, comma-separated: {', '.join(FREEZE_GROUPS)}")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters only; merged into the weights on save")
     p.add_argument("--lora-rank", type=int, default=8)
@@ -450,7 +448,6 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--best-metric", help="keep best/ by this evaluation metric (default: loss)")
     p.add_argument("--synthetic-eval", action="store_true", help="synthetic data: also evaluate od_mAP50 etc.")
     p.add_argument("--long-targets", choices=["skip", "error"], default="skip", help="targets that do not fit")
-    _add_loc_sigma(p)
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (and at the end)")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0, help="seeds the data order, the held-out split and dropout")
