@@ -202,6 +202,28 @@ def test_cli_finetune_with_lora_evaluation_and_best(checkpoint, coco, tmp_path, 
     assert len((out / "metrics.jsonl").read_text().splitlines()) == len(records)
 
 
+def test_cropped_training_items_reach_the_trainer(checkpoint, coco, tmp_path, monkeypatch):
+    import florence2.train.finetune as module
+
+    seen = []
+    real = module.by_target_length
+
+    def spy(source):
+        def wrapped(*args):
+            items = source(*args)
+            seen.extend(items)
+            return items
+
+        return real(wrapped)
+
+    monkeypatch.setattr(module, "by_target_length", spy)
+    run(tmp_path, checkpoint, [f"coco:{coco}@tasks=OD"], crop=0.6, steps=3)
+    assert len(seen) == 6 and all(isinstance(item, dict) and item["source"].endswith("(cropped)") for item in seen)
+    assert all(isinstance(item["image"], Image.Image) for item in seen)
+    with pytest.raises(ValueError, match="crop must lie in"):
+        FinetuneConfig(out_dir=str(tmp_path), crop=1.5)
+
+
 def test_cli_errors(checkpoint, tmp_path, capsys):
     assert main(["finetune", "--model", str(checkpoint), "--out", str(tmp_path)]) == 2
     assert "give at least one --data" in capsys.readouterr().err

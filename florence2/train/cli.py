@@ -384,6 +384,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             synthetic_eval=args.synthetic_eval,
             long_targets=args.long_targets,
             loc_sigma=args.loc_sigma,
+            crop=args.crop,
             save_every=args.save_every,
             log_every=args.log_every,
             seed=args.seed,
@@ -448,6 +449,14 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--best-metric", help="keep best/ by this evaluation metric (default: loss)")
     p.add_argument("--synthetic-eval", action="store_true", help="synthetic data: also evaluate od_mAP50 etc.")
     p.add_argument("--long-targets", choices=["skip", "error"], default="skip", help="targets that do not fit")
+    p.add_argument(
+        "--crop",
+        type=float,
+        default=0.0,
+        metavar="MIN_SCALE",
+        help="train on random crops that keep every located region, sides >= MIN_SCALE of the image's "
+        "(0: off); for tasks whose texts state no position or size, e.g. OD",
+    )
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (and at the end)")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0, help="seeds the data order, the held-out split and dropout")

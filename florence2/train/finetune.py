@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from florence2.data.augment import random_crops
 from florence2.data.formats import (
     DataSpec,
     Example,
@@ -90,6 +91,9 @@ class FinetuneConfig:
     long_targets: ``"skip"`` (report and drop) or ``"error"``.
     loc_sigma: train location tokens towards a Gaussian over the bins of this standard deviation
         (in bins; 0: one-hot), see :func:`florence2.train.trainer.location_smoothed_loss`.
+    crop: 0 (off), or train on random crops that keep every located region, their sides at least
+        this share of the image's (:mod:`florence2.data.augment`; for tasks whose texts state no
+        position or size).
     """
 
     out_dir: str
@@ -121,6 +125,7 @@ class FinetuneConfig:
     synthetic_eval: bool = False
     long_targets: str = "skip"
     loc_sigma: float = 0.0
+    crop: float = 0.0
     save_every: int = 0
     log_every: int = 10
     seed: int = 0
@@ -138,6 +143,8 @@ class FinetuneConfig:
             raise ValueError("give eval_fraction or eval_data, not both")
         if self.loc_sigma < 0:
             raise ValueError(f"loc_sigma must be >= 0, got {self.loc_sigma}")
+        if not 0 <= self.crop <= 1:
+            raise ValueError(f"crop must lie in [0, 1] (0: off), got {self.crop}")
         if self.steps is not None and self.steps < 0 or self.epochs <= 0:
             raise ValueError("steps must be >= 0 and epochs > 0")
         for name in ("data", "eval_data", "freeze"):
@@ -434,7 +441,10 @@ def finetune(config: FinetuneConfig, examples: Sequence[Example] | None = None) 
         best_metric=(config.best_metric or "loss") if evaluations else None,
         loc_sigma=config.loc_sigma,
     )
-    source_fn = by_target_length(indexed_source(mixture.__getitem__))
+    get_item = mixture.__getitem__
+    if config.crop:
+        get_item = random_crops(get_item, config.crop, config.seed)
+    source_fn = by_target_length(indexed_source(get_item))
     trainer = Trainer(
         model, processor, source_fn, train_config, eval_fn=eval_fn if evaluations else None, extra_files=extra_files
     )
