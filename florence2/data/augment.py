@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from florence2.coords import LOC_PATTERN, NUM_BINS, parse_bin
+from florence2.coords import LOC_PATTERN, NUM_BINS, dequantize, loc_tokens, parse_loc_tokens, quantize
 from florence2.data.formats import Example
 from florence2.image import load_image
 
@@ -35,25 +35,24 @@ from florence2.image import load_image
 _RUN = re.compile(rf"(?:{LOC_PATTERN.pattern})+")
 
 
+def _check_scale(min_scale: float) -> None:
+    if not 0 < min_scale <= 1:
+        raise ValueError(f"min_scale must lie in (0, 1], got {min_scale}")
+
+
 def _bins(text: str) -> list[list[int]] | None:
     """The bins of each run of location tokens in ``text``; None if a run has an odd length."""
-    runs = [[parse_bin(m.group(1)) for m in LOC_PATTERN.finditer(run.group(0))] for run in _RUN.finditer(text)]
+    runs = [parse_loc_tokens(run.group(0)) for run in _RUN.finditer(text)]
     return None if any(len(r) % 2 for r in runs) else runs
 
 
-def _rewrite(text: str, window: tuple[float, float, float, float]) -> str:
-    """``text`` with each location token moved from the whole image into ``window`` (left, top,
-    width, height as shares of the image's sides)."""
-    left, top, width, height = window
+def _rewrite(text: str, left: float, top: float, scale: float) -> str:
+    """``text`` with each location token moved from the whole image (a unit square) into the window
+    at ``(left, top)`` whose sides are ``scale`` of the image's: bin centre in, window bin out."""
 
     def run(match: re.Match) -> str:
-        bins = [parse_bin(m.group(1)) for m in LOC_PATTERN.finditer(match.group(0))]
-        moved = []
-        for i, b in enumerate(bins):
-            start, side = (left, width) if i % 2 == 0 else (top, height)
-            share = ((b + 0.5) / NUM_BINS - start) / side  # the bin's centre, in the window
-            moved.append(int(np.clip(np.floor(share * NUM_BINS), 0, NUM_BINS - 1)))
-        return "".join(f"<loc_{b}>" for b in moved)
+        bins = np.reshape(parse_loc_tokens(match.group(0)), (-1, 2))
+        return loc_tokens(quantize(dequantize(bins, (1.0, 1.0)) - (left, top), (scale, scale)))
 
     return _RUN.sub(run, text)
 
@@ -65,8 +64,7 @@ def crop_example(example: Example, rng: np.random.Generator, min_scale: float = 
     :class:`~florence2.data.formats.Example` whose ``image`` is the cropped, resized
     :class:`PIL.Image.Image` (the trainer's ``collate`` reads either).
     """
-    if not 0 < min_scale <= 1:
-        raise ValueError(f"min_scale must lie in (0, 1], got {min_scale}")
+    _check_scale(min_scale)
     prompt_runs, target_runs = _bins(example.prompt), _bins(example.target)
     if prompt_runs is None or target_runs is None or not (prompt_runs or target_runs):
         return example
@@ -83,11 +81,10 @@ def crop_example(example: Example, rng: np.random.Generator, min_scale: float = 
     width, height = image.size
     box = (left * width, top * height, (left + scale) * width, (top + scale) * height)
     cropped = image.resize((width, height), Image.Resampling.BICUBIC, box=box)
-    window = (left, top, scale, scale)
     return {
         "image": cropped,
-        "prompt": _rewrite(example.prompt, window),
-        "target": _rewrite(example.target, window),
+        "prompt": _rewrite(example.prompt, left, top, scale),
+        "target": _rewrite(example.target, left, top, scale),
         "task": example.task,
         "source": f"{example.source} (cropped)",
     }
@@ -96,8 +93,7 @@ def crop_example(example: Example, rng: np.random.Generator, min_scale: float = 
 def random_crops(get_item: Callable[[int], Example], min_scale: float, seed: int) -> Callable[[int], Any]:
     """``get_item`` with each item passed through :func:`crop_example`; item ``i``'s window is drawn
     from a generator seeded with ``(seed, i)``, so a resumed run crops as an uninterrupted one."""
-    if not 0 < min_scale <= 1:
-        raise ValueError(f"min_scale must lie in (0, 1], got {min_scale}")
+    _check_scale(min_scale)
 
     def cropped(index: int) -> Any:
         return crop_example(get_item(index), np.random.default_rng([seed, index]), min_scale)
