@@ -181,6 +181,13 @@ def test_location_smoothed_loss_rewards_near_bins_and_keeps_other_tokens_one_hot
     near, far = (location_smoothed_loss(peaked(k), only, first, bins, sigma) for k in (502, 700))
     assert near < far - 0.5
     assert F.cross_entropy(peaked(502)[0], only[0]) == pytest.approx(F.cross_entropy(peaked(700)[0], only[0]).item())
+    # sigma 0 is one-hot; loc_weight scales the location terms, the mean stays over all 5 tokens
+    assert location_smoothed_loss(logits, labels, first, bins, 0.0).item() == pytest.approx(plain.item(), rel=1e-6)
+    terms = -log_probs[labels != -100].gather(-1, labels[labels != -100].unsqueeze(-1)).squeeze(-1)
+    is_loc = labels[labels != -100] >= first
+    for w in (0.0, 0.25, 3.0):
+        expected = (terms[~is_loc].sum() + w * terms[is_loc].sum()) / 5
+        assert location_smoothed_loss(logits, labels, first, bins, 0.0, w).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_location_smoothing_trains_through_the_trainer(processor, tmp_path):
@@ -197,10 +204,25 @@ def test_location_smoothing_trains_through_the_trainer(processor, tmp_path):
     )
     [record] = trainer.train()
     assert record["loss"] == pytest.approx(before, abs=1e-5)  # the logged loss is the smoothed one
+    # a location weight alone takes the same path: words only (weight 0) give another loss
+    words_only = float(location_smoothed_loss(logits, batch["labels"], first, 1000, 0.0, 0.0))
+    assert abs(words_only - before) > 1e-3
+    trainer = Trainer(
+        new_model(processor, dropout=False),
+        processor,
+        lambda *_: items,
+        config(tmp_path / "w", total_steps=1, warmup_steps=0, loc_weight=0.0),
+    )
+    [record] = trainer.train()
+    assert record["loss"] == pytest.approx(words_only, abs=1e-5)
     with pytest.raises(ValueError, match="loc_sigma"):
         TrainConfig(loc_sigma=-1.0)
     with pytest.raises(ValueError, match="loc_sigma"):
         FinetuneConfig(out_dir=str(tmp_path), loc_sigma=-1.0)
+    with pytest.raises(ValueError, match="loc_weight"):
+        TrainConfig(loc_weight=-0.5)
+    with pytest.raises(ValueError, match="loc_weight"):
+        FinetuneConfig(out_dir=str(tmp_path), loc_weight=-0.5)
     # both commands take the option
     parser = argparse.ArgumentParser()
     commands = parser.add_subparsers()
@@ -209,6 +231,8 @@ def test_location_smoothing_trains_through_the_trainer(processor, tmp_path):
     assert parser.parse_args(["train", "--out", "x", "--loc-sigma", "12"]).loc_sigma == 12.0
     assert parser.parse_args(["finetune", "--out", "x", "--loc-sigma", "8"]).loc_sigma == 8.0
     assert parser.parse_args(["train", "--out", "x"]).loc_sigma == 0.0
+    assert parser.parse_args(["finetune", "--out", "x", "--loc-weight", "0.2"]).loc_weight == 0.2
+    assert parser.parse_args(["train", "--out", "x"]).loc_weight == 1.0
 
 
 # --- optimisation ------------------------------------------------------------------------------

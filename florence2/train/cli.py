@@ -238,6 +238,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         progress=args.progress,
         loc_sigma=args.loc_sigma,
+        loc_weight=args.loc_weight,
     )
     get_item = synthetic_item_fn(world, args.tasks, args.seed)
     eval_fn = None
@@ -271,6 +272,12 @@ def _add_optimizer_options(parser: argparse.ArgumentParser, batch_size: int, lr_
         type=float,
         default=0.0,
         help="train location tokens towards a Gaussian over the bins, std in bins (0: one-hot targets)",
+    )
+    parser.add_argument(
+        "--loc-weight",
+        type=float,
+        default=1.0,
+        help="weight of the location tokens' loss against the other tokens' (default 1: the same)",
     )
 
 
@@ -384,6 +391,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             synthetic_eval=args.synthetic_eval,
             long_targets=args.long_targets,
             loc_sigma=args.loc_sigma,
+            loc_weight=args.loc_weight,
             crop=args.crop,
             save_every=args.save_every,
             log_every=args.log_every,

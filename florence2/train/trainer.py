@@ -99,6 +99,9 @@ class TrainConfig:
         trained towards a Gaussian over the location bins centred on k with this standard deviation
         (in bins), so that a prediction a few bins off is rewarded over one far off; see
         :func:`location_smoothed_loss`. The logged loss is then that cross-entropy.
+    loc_weight: weight of the location tokens' cross-entropy against the other tokens' (1: the same);
+        below 1 a fine-tuning run learns labels with less pull on coordinates the model already
+        places. The logged loss is then the weighted mean.
     """
 
     out_dir: str = "runs/florence2"
@@ -124,6 +127,7 @@ class TrainConfig:
     best_metric: str | None = None
     best_mode: str = "auto"
     loc_sigma: float = 0.0
+    loc_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.total_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -138,6 +142,8 @@ class TrainConfig:
             raise ValueError(f"best_mode must be 'auto', 'min' or 'max', got {self.best_mode!r}")
         if self.loc_sigma < 0:
             raise ValueError(f"loc_sigma must be >= 0, got {self.loc_sigma}")
+        if self.loc_weight < 0:
+            raise ValueError(f"loc_weight must be >= 0, got {self.loc_weight}")
         if self.best_metric is not None and self.eval_every == 0:
             raise ValueError("best_metric needs evaluations: set eval_every > 0")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -219,15 +225,22 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def location_smoothed_loss(
-    logits: torch.Tensor, labels: torch.Tensor, first_loc_id: int, num_bins: int, sigma: float
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    first_loc_id: int,
+    num_bins: int,
+    sigma: float,
+    loc_weight: float = 1.0,
 ) -> torch.Tensor:
     """Mean token cross-entropy of ``logits`` (B, L, V) against ``labels`` (B, L; -100 ignored) where
     each location label ``first_loc_id + k`` is replaced by a Gaussian over the ``num_bins`` location
-    tokens centred on bin k (standard deviation ``sigma`` bins, normalised over the bins). Other
-    tokens keep their one-hot target. Location bins are ordered, and one-hot targets treat a box one
-    bin off as wrong as one 500 bins off; the Gaussian gives the near miss most of the credit (the
-    README reports what it did for training from scratch). With ``sigma`` -> 0 this is plain
-    cross-entropy."""
+    tokens centred on bin k (standard deviation ``sigma`` bins, normalised over the bins; ``sigma`` 0
+    keeps the one-hot target). Other tokens keep their one-hot target. Location bins are ordered, and
+    one-hot targets treat a box one bin off as wrong as one 500 bins off; the Gaussian gives the near
+    miss most of the credit (the README reports what it did for training from scratch).
+    ``loc_weight`` scales the location tokens' terms (the mean is still over all tokens): below 1 the
+    words of a target (labels, texts) count for more than its coordinates. With ``sigma`` 0 and
+    ``loc_weight`` 1 this is plain cross-entropy."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     valid = labels != IGNORE_INDEX
     bins = labels - first_loc_id
@@ -235,11 +248,14 @@ def location_smoothed_loss(
     plain = valid & ~is_loc
     total = -log_probs[plain].gather(-1, labels[plain].unsqueeze(-1)).sum()
     # a batch without location labels selects nothing here and adds 0
-    centres = bins[is_loc].to(log_probs.dtype).unsqueeze(-1)
-    grid = torch.arange(num_bins, device=logits.device, dtype=log_probs.dtype)
-    target = torch.softmax(-0.5 * ((grid - centres) / sigma) ** 2, dim=-1)
-    loc_log_probs = log_probs[is_loc][:, first_loc_id : first_loc_id + num_bins]
-    return (total - (target * loc_log_probs).sum()) / valid.sum().clamp(min=1)
+    if sigma > 0:
+        centres = bins[is_loc].to(log_probs.dtype).unsqueeze(-1)
+        grid = torch.arange(num_bins, device=logits.device, dtype=log_probs.dtype)
+        target = torch.softmax(-0.5 * ((grid - centres) / sigma) ** 2, dim=-1)
+        loc_loss = -(target * log_probs[is_loc][:, first_loc_id : first_loc_id + num_bins]).sum()
+    else:
+        loc_loss = -log_probs[is_loc].gather(-1, labels[is_loc].unsqueeze(-1)).sum()
+    return (total + loc_weight * loc_loss) / valid.sum().clamp(min=1)
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -392,14 +408,17 @@ class Trainer:
             sync = contextlib.nullcontext() if last or not dist_info.enabled else self.wrapped.no_sync()
             with sync:
                 inputs = {k: v.to(self.device) for k, v in batch.items()}
-                if cfg.loc_sigma > 0:  # the model is given no labels: its own cross-entropy is not needed
+                own_loss = cfg.loc_sigma > 0 or cfg.loc_weight != 1
+                if own_loss:  # the model is given no labels: its own cross-entropy is not needed
                     labels = inputs.pop("labels")
                     inputs["decoder_input_ids"] = shift_right(labels, self.start_id, self.pad_id)
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast):
                     out = self.wrapped(**inputs)
                 loss = out.loss
-                if cfg.loc_sigma > 0:
-                    loss = location_smoothed_loss(out.logits, labels, self.first_loc_id, NUM_BINS, cfg.loc_sigma)
+                if own_loss:
+                    loss = location_smoothed_loss(
+                        out.logits, labels, self.first_loc_id, NUM_BINS, cfg.loc_sigma, cfg.loc_weight
+                    )
                 # the model's loss is the mean over this micro-batch's tokens: back to a sum, then
                 # over the global token count; DDP averages gradients over ranks, hence * world_size
                 token_loss_sum = loss * local_tokens[i]
