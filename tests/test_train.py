@@ -187,7 +187,8 @@ def test_location_smoothed_loss_rewards_near_bins_and_keeps_other_tokens_one_hot
     is_loc = labels[labels != -100] >= first
     for w in (0.0, 0.25, 3.0):
         expected = (terms[~is_loc].sum() + w * terms[is_loc].sum()) / 5
-        assert location_smoothed_loss(logits, labels, first, bins, 0.0, w).item() == pytest.approx(expected.item(), rel=1e-5)
+        weighted = location_smoothed_loss(logits, labels, first, bins, 0.0, w)
+        assert weighted.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_location_smoothing_trains_through_the_trainer(processor, tmp_path):
