@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The commands that trained the embedded model on a 2-core CPU, then packaged it. Three stages:
+# The commands that trained the embedded model on a 2-core CPU, then packaged it. Four stages:
 #   1. a fresh model; its DaViT alone learns for 1000 steps to name what covers each image token
 #      (8 shapes, text, background), its colour (--vision-pretrain-colors 1) and the distances from
 #      the token to the edges of that object's box (--vision-pretrain-boxes 1), peak lr 3e-3; its
@@ -11,10 +11,10 @@
 #   4. from stage 3's checkpoint, a last cosine over 1300 steps (peak 2e-4, 50 warm-up steps), world
 #      seed 2, detection and brief captions drawn more often (OD 4, CAPTION 1.5, DETAILED_CAPTION 0.7)
 # Batches of 32 fresh synthetic scenes (128 px, 1-4 shapes) throughout; both stages' held-out loss
-# on world seed 1. Logged time: stage 1 439 s, stage 2 885 s, stage 3 2683 s, stage 4 STAGE4 s
-# (docs/embedded-training.jsonl, "elapsed"), TOTAL min in all. Stage 4 of the shipped model started from
+# on world seed 1. Logged time: stage 1 439 s, stage 2 885 s, stage 3 2683 s, stage 4 1052 s
+# (docs/embedded-training.jsonl, "elapsed"), 84 min in all. Stage 4 of the shipped model started from
 # stage 3's weights as packaged (fp16, florence2/assets/model at commit 41003e2) and ran on a machine
-# of the same kind about a fifth slower than the one that ran stages 1-3 (42 against 54 samples/s).
+# of the same kind but slower than the one that ran stages 1-3 (0.81 s per step against stage 3's 0.61).
 set -euo pipefail
 TASKS="OD=3,REFERRING_EXPRESSION_SEGMENTATION=2,OCR=1.5,OCR_WITH_REGION=1,CAPTION=1,DETAILED_CAPTION=0.5"
 TASKS="$TASKS,MORE_DETAILED_CAPTION=0.3,CAPTION_TO_PHRASE_GROUNDING=1,DENSE_REGION_CAPTION=0.7,REGION_PROPOSAL=0.5"
