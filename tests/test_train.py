@@ -262,6 +262,40 @@ def test_gradient_accumulation_matches_the_full_batch(processor, tmp_path):
     assert runs[0] == pytest.approx(runs[1], abs=1e-5)
 
 
+def test_anchor_decay_pulls_the_weights_back_towards_the_start(processor, tmp_path):
+    start = {k: v.clone() for k, v in new_model(processor, dropout=False).state_dict().items()}
+    ends = {}
+    for decay in (0.0, 250.0, 1000.0):  # lr 1e-3 at step 0 of 2 warm-up steps is 5e-4: a pull of 0, 1/8, 1/2
+        model = new_model(processor, dropout=False)
+        cfg = config(tmp_path / str(decay), total_steps=1, warmup_steps=2, anchor_decay=decay)
+        Trainer(model, processor, indexed_source(make_item), cfg).train()
+        ends[decay] = model.state_dict()
+    moved = [k for k in start if not torch.equal(ends[0.0][k], start[k])]
+    assert moved
+    for decay, share in ((250.0, 0.125), (1000.0, 0.5)):
+        for k in moved:
+            expected = ends[0.0][k] + share * (start[k] - ends[0.0][k])
+            torch.testing.assert_close(ends[decay][k], expected, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="anchor_decay"):
+        TrainConfig(anchor_decay=-1.0)
+    with pytest.raises(ValueError, match="anchor_decay"):
+        FinetuneConfig(out_dir=str(tmp_path), anchor_decay=-1.0)
+
+
+def test_a_resumed_run_pulls_towards_the_first_start(processor, tmp_path):
+    cfg = dict(save_every=2, anchor_decay=100.0)
+    straight = Trainer(new_model(processor), processor, indexed_source(make_item), config(tmp_path / "a", **cfg))
+    straight.train()
+    first = Trainer(new_model(processor), processor, indexed_source(make_item), config(tmp_path / "b", **cfg))
+    first.train(stop_at=4)
+    # a new process starting from other weights: the anchors come from the checkpoint, not from these
+    second = Trainer(new_model(processor, seed=1), processor, indexed_source(make_item), config(tmp_path / "b", **cfg))
+    second.train(resume=True)
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+    a, b = read_weights(tmp_path / "a" / "checkpoint-last"), read_weights(tmp_path / "b" / "checkpoint-last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 # --- checkpoints and resume ----------------------------------------------------------------------
 
 

@@ -392,6 +392,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             long_targets=args.long_targets,
             loc_sigma=args.loc_sigma,
             loc_weight=args.loc_weight,
+            anchor_decay=args.anchor_decay,
             crop=args.crop,
             save_every=args.save_every,
             log_every=args.log_every,
@@ -464,6 +465,12 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="MIN_SCALE",
         help="train on random crops that keep every located region, sides >= MIN_SCALE of the image's "
         "(0: off); for tasks whose texts state no position or size, e.g. OD",
+    )
+    p.add_argument(
+        "--anchor-decay",
+        type=float,
+        default=0.0,
+        help="after each step pull the weights towards the starting checkpoint's by lr x this (L2-SP; 0: off)",
     )
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (and at the end)")
     p.add_argument("--log-every", type=int, default=10)

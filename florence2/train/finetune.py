@@ -92,6 +92,8 @@ class FinetuneConfig:
     loc_sigma: train location tokens towards a Gaussian over the bins of this standard deviation
         (in bins; 0: one-hot), see :func:`florence2.train.trainer.location_smoothed_loss`.
     loc_weight: weight of the location tokens' loss against the other tokens' (1: the same).
+    anchor_decay: pull the trained weights towards the starting checkpoint's after each step
+        (:class:`florence2.train.trainer.TrainConfig`); 0: off.
     crop: 0 (off), or train on random crops that keep every located region, their sides at least
         this share of the image's (:mod:`florence2.data.augment`; for tasks whose texts state no
         position or size).
@@ -127,6 +129,7 @@ class FinetuneConfig:
     long_targets: str = "skip"
     loc_sigma: float = 0.0
     loc_weight: float = 1.0
+    anchor_decay: float = 0.0
     crop: float = 0.0
     save_every: int = 0
     log_every: int = 10
@@ -147,6 +150,8 @@ class FinetuneConfig:
             raise ValueError(f"loc_sigma must be >= 0, got {self.loc_sigma}")
         if self.loc_weight < 0:
             raise ValueError(f"loc_weight must be >= 0, got {self.loc_weight}")
+        if self.anchor_decay < 0:
+            raise ValueError(f"anchor_decay must be >= 0, got {self.anchor_decay}")
         if not 0 <= self.crop <= 1:
             raise ValueError(f"crop must lie in [0, 1] (0: off), got {self.crop}")
         if self.steps is not None and self.steps < 0 or self.epochs <= 0:
@@ -445,6 +450,7 @@ def finetune(config: FinetuneConfig, examples: Sequence[Example] | None = None) 
         best_metric=(config.best_metric or "loss") if evaluations else None,
         loc_sigma=config.loc_sigma,
         loc_weight=config.loc_weight,
+        anchor_decay=config.anchor_decay,
     )
     get_item = mixture.__getitem__
     if config.crop:

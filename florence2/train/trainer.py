@@ -102,6 +102,11 @@ class TrainConfig:
     loc_weight: weight of the location tokens' cross-entropy against the other tokens' (1: the same);
         below 1 a fine-tuning run learns labels with less pull on coordinates the model already
         places. The logged loss is then the weighted mean.
+    anchor_decay: after each optimizer step, pull every trained parameter towards its value when
+        training started: ``p -= lr * anchor_decay * (p - p_start)`` (decoupled, as AdamW's weight
+        decay is towards 0; "L2-SP"). Fine-tuning on a small set then forgets less of what the
+        starting checkpoint knew; 0 turns it off. The starting values are kept in the trainer state,
+        so a resumed run pulls towards the same point.
     """
 
     out_dir: str = "runs/florence2"
@@ -128,6 +133,7 @@ class TrainConfig:
     best_mode: str = "auto"
     loc_sigma: float = 0.0
     loc_weight: float = 1.0
+    anchor_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.total_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -144,6 +150,8 @@ class TrainConfig:
             raise ValueError(f"loc_sigma must be >= 0, got {self.loc_sigma}")
         if self.loc_weight < 0:
             raise ValueError(f"loc_weight must be >= 0, got {self.loc_weight}")
+        if self.anchor_decay < 0:
+            raise ValueError(f"anchor_decay must be >= 0, got {self.anchor_decay}")
         if self.best_metric is not None and self.eval_every == 0:
             raise ValueError("best_metric needs evaluations: set eval_every > 0")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -353,6 +361,8 @@ class Trainer:
             param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, eps=config.eps
         )
         self.num_trainable = count_parameters(p for g in self.optimizer.param_groups for p in g["params"])
+        # the starting point of anchor_decay (from the checkpoint on resume)
+        self.anchors = [p.detach().clone() for p in self.params] if config.anchor_decay > 0 else None
         self.num_parameters = count_parameters(model.parameters())
         self.autocast = self.device.type == "cuda" and config.mixed_precision != "no"
         self.autocast_dtype = torch.float16 if config.mixed_precision == "fp16" else torch.bfloat16
@@ -430,6 +440,9 @@ class Trainer:
         self.scaler.step(self.optimizer)  # skipped when an fp16 gradient overflowed
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.anchors is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(self.params, self.anchors, lr * cfg.anchor_decay)
         loss = all_reduce_sum(loss_sum) / total_tokens
         return {"loss": float(loss), "lr": lr, "grad_norm": float(grad_norm)}
 
@@ -584,6 +597,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             # LoRA adapters are merged into model.safetensors; resuming needs them apart
             "lora": {k: v.cpu() for k, v in lora_state(self.model).items()},
+            "anchors": None if self.anchors is None else [a.cpu() for a in self.anchors],
             "world_size": self.dist.world_size,
             "config": json.loads(json.dumps(dataclasses.asdict(self.config))),
         }
@@ -631,6 +645,12 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.anchors is not None:
+            anchors = state.get("anchors")
+            if anchors is None or len(anchors) != len(self.anchors):
+                raise ValueError(f"{folder / TRAINER_STATE}: no anchor_decay starting point to resume from")
+            for mine, saved in zip(self.anchors, anchors):
+                mine.copy_(saved)
         self.best = state.get("best")
         self.step = int(state["step"])
         self._window = list(state.get("loss_window", []))
