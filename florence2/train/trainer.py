@@ -442,7 +442,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.anchors is not None:
             with torch.no_grad():
-                torch._foreach_lerp_(self.params, self.anchors, lr * cfg.anchor_decay)
+                for param, anchor in zip(self.params, self.anchors):
+                    param.lerp_(anchor, lr * cfg.anchor_decay)
         loss = all_reduce_sum(loss_sum) / total_tokens
         return {"loss": float(loss), "lr": lr, "grad_norm": float(grad_norm)}
 
