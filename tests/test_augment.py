@@ -1,15 +1,12 @@
 """Random crops of training examples: every located region stays in the window and its tokens follow
-the pixels; examples without regions, or with unreadable runs, are left alone; crops are seeded.
-Mosaics: four box-listing examples tiled 2x2, their boxes where the pixels went, in the task's order."""
-
-import re
+the pixels; examples without regions, or with unreadable runs, are left alone; crops are seeded."""
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
 from florence2.coords import dequantize_flat, loc_tokens, parse_loc_tokens, quantize_flat
-from florence2.data.augment import crop_example, mosaic_example, random_crops, random_mosaics
+from florence2.data.augment import crop_example, random_crops
 from florence2.data.formats import Example
 
 SIZE = (100, 80)
@@ -85,68 +82,3 @@ def test_bad_scales_are_refused(image, scale):
         crop_example(example, np.random.default_rng(0), scale)
     with pytest.raises(ValueError, match="min_scale"):
         random_crops(lambda i: example, scale, seed=0)
-
-
-# --- mosaics -------------------------------------------------------------------------------------
-
-COLORS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0))
-BOXES = ((10, 40, 40, 70), (60, 10, 90, 30), (30, 10, 60, 50), (0, 0, 20, 16))  # one per tile, pixels
-LABELS = ("square", "circle", "square", "star")
-
-
-@pytest.fixture()
-def tiles(tmp_path):
-    examples = []
-    for k, (color, box, label) in enumerate(zip(COLORS, BOXES, LABELS)):
-        picture = Image.new("RGB", SIZE, "black")
-        ImageDraw.Draw(picture).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], fill=color)
-        path = tmp_path / f"tile{k}.png"
-        picture.save(path)
-        target = f"{label}{loc_tokens(quantize_flat(box, SIZE))}"
-        examples.append(Example(str(path), "<OD>", target, "<OD>", f"t:{k}"))
-    return examples
-
-
-def test_a_mosaic_tiles_four_examples_and_lists_their_boxes_in_reading_order(tiles):
-    out = mosaic_example(tiles)
-    assert out["image"].size == SIZE and out["task"] == "<OD>" and out["prompt"] == "<OD>"
-    assert out["source"] == "t:0 + t:1 + t:2 + t:3 (mosaic)"
-    # each tile at half size in its quarter (origins (0, 0), (50, 0), (0, 40), (50, 40))
-    placed = [(5, 20, 20, 35), (80, 5, 95, 15), (15, 45, 30, 65), (50, 40, 60, 48)]
-    pixels = np.asarray(out["image"]).astype(int)
-    for color, box in zip(COLORS, placed):
-        np.testing.assert_allclose(_extent((np.abs(pixels - color) < 60).all(-1)), box, atol=1.5)
-    # reading order by top edge (circle 5, square 20, star 40, square 45), one square group
-    runs = re.findall(r"([a-z]+)((?:<loc_\d+>)+)", out["target"])
-    assert [label for label, _ in runs] == ["circle", "square", "star"]
-    assert "".join(label + tokens for label, tokens in runs) == out["target"]
-    boxes = np.reshape(dequantize_flat(parse_loc_tokens(out["target"]), SIZE), (-1, 4))
-    np.testing.assert_allclose(boxes, [placed[1], placed[0], placed[2], placed[3]], atol=1.0)
-
-
-def test_examples_that_cannot_be_tiled_are_left_alone(tiles, image):
-    caption = Example(image, "What does the image describe?", "A white square.", "<CAPTION>", "t")
-    other_task = Example(tiles[1].image, "<REGION_PROPOSAL>", "<loc_1><loc_2><loc_3><loc_4>", "<REGION_PROPOSAL>", "t")
-    quads = Example(tiles[1].image, "<OD>", "text" + "<loc_1>" * 8 + "x<loc_2>" * 2, "<OD>", "t")
-    for examples in (
-        [caption, *tiles[1:]],
-        [tiles[0], other_task, *tiles[2:]],
-        [tiles[0], quads, *tiles[2:]],
-        tiles[:3],
-    ):
-        assert mosaic_example(examples) is examples[0]
-
-
-def test_mosaics_are_seeded_by_item_and_cropped_after(tiles):
-    get = random_mosaics(lambda i: tiles[i % 4], tiles, share=0.5, seed=3)
-    items = [get(i) for i in range(40)]
-    tiled = [i for i, item in enumerate(items) if isinstance(item, dict)]
-    assert 8 < len(tiled) < 32  # about half
-    assert all(items[i] is tiles[i % 4] for i in range(40) if i not in tiled)
-    again = random_mosaics(lambda i: tiles[i % 4], tiles, share=0.5, seed=3)
-    assert [again(i)["target"] for i in tiled] == [items[i]["target"] for i in tiled]
-    assert random_mosaics(lambda i: tiles[0], tiles, share=0.0, seed=3)(5) is tiles[0]
-    cropped = crop_example(items[tiled[0]], np.random.default_rng(0), min_scale=0.6)
-    assert cropped["source"].endswith("(mosaic) (cropped)") and cropped["image"].size == SIZE
-    with pytest.raises(ValueError, match="share"):
-        random_mosaics(lambda i: tiles[0], tiles, share=1.5, seed=0)

@@ -222,12 +222,6 @@ def test_cropped_training_items_reach_the_trainer(checkpoint, coco, tmp_path, mo
     assert all(isinstance(item["image"], Image.Image) for item in seen)
     with pytest.raises(ValueError, match="crop must lie in"):
         FinetuneConfig(out_dir=str(tmp_path), crop=1.5)
-    # mosaics come before crops: every draw a mosaic, then cropped
-    seen.clear()
-    run(tmp_path / "mosaic", checkpoint, [f"coco:{coco}@tasks=OD"], crop=0.6, mosaic=1.0, steps=3)
-    assert len(seen) == 6 and all(item["source"].endswith("(mosaic) (cropped)") for item in seen)
-    with pytest.raises(ValueError, match="mosaic must lie in"):
-        FinetuneConfig(out_dir=str(tmp_path), mosaic=-0.1)
 
 
 def test_cli_errors(checkpoint, tmp_path, capsys):

@@ -116,12 +116,6 @@ class Example:
     source: str
 
 
-def example_field(item: Example | Mapping[str, Any], name: str) -> Any:
-    """Field ``name`` of an :class:`Example` or of a mapping with the same keys (what augmentations
-    return: their ``image`` is a :class:`PIL.Image.Image`)."""
-    return item[name] if isinstance(item, Mapping) else getattr(item, name)
-
-
 # --------------------------------------------------------------------------------------------------
 # Shared helpers
 # --------------------------------------------------------------------------------------------------

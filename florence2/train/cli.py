@@ -394,7 +394,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             loc_weight=args.loc_weight,
             anchor_decay=args.anchor_decay,
             crop=args.crop,
-            mosaic=args.mosaic,
             save_every=args.save_every,
             log_every=args.log_every,
             seed=args.seed,
@@ -466,13 +465,6 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="MIN_SCALE",
         help="train on random crops that keep every located region, sides >= MIN_SCALE of the image's "
         "(0: off); for tasks whose texts state no position or size, e.g. OD",
-    )
-    p.add_argument(
-        "--mosaic",
-        type=float,
-        default=0.0,
-        metavar="SHARE",
-        help="tile this share of the OD and region-proposal draws 2x2 with three other training examples (0: off)",
     )
     p.add_argument(
         "--anchor-decay",

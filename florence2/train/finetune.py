@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from florence2.data.augment import random_crops, random_mosaics
+from florence2.data.augment import random_crops
 from florence2.data.formats import (
     DataSpec,
     Example,
@@ -97,9 +97,6 @@ class FinetuneConfig:
     crop: 0 (off), or train on random crops that keep every located region, their sides at least
         this share of the image's (:mod:`florence2.data.augment`; for tasks whose texts state no
         position or size).
-    mosaic: the share of ``<OD>`` and region-proposal draws tiled 2x2 with three other training
-        examples of the task into one image (:func:`florence2.data.augment.mosaic_example`); 0: off.
-        Applied before ``crop``.
     """
 
     out_dir: str
@@ -134,7 +131,6 @@ class FinetuneConfig:
     loc_weight: float = 1.0
     anchor_decay: float = 0.0
     crop: float = 0.0
-    mosaic: float = 0.0
     save_every: int = 0
     log_every: int = 10
     seed: int = 0
@@ -158,8 +154,6 @@ class FinetuneConfig:
             raise ValueError(f"anchor_decay must be >= 0, got {self.anchor_decay}")
         if not 0 <= self.crop <= 1:
             raise ValueError(f"crop must lie in [0, 1] (0: off), got {self.crop}")
-        if not 0 <= self.mosaic <= 1:
-            raise ValueError(f"mosaic must lie in [0, 1] (0: off), got {self.mosaic}")
         if self.steps is not None and self.steps < 0 or self.epochs <= 0:
             raise ValueError("steps must be >= 0 and epochs > 0")
         for name in ("data", "eval_data", "freeze"):
@@ -459,8 +453,6 @@ def finetune(config: FinetuneConfig, examples: Sequence[Example] | None = None) 
         anchor_decay=config.anchor_decay,
     )
     get_item = mixture.__getitem__
-    if config.mosaic:
-        get_item = random_mosaics(get_item, train, config.mosaic, config.seed)
     if config.crop:
         get_item = random_crops(get_item, config.crop, config.seed)
     source_fn = by_target_length(indexed_source(get_item))

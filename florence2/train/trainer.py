@@ -55,7 +55,6 @@ import torch
 from torch import nn
 
 from florence2.coords import NUM_BINS
-from florence2.data.formats import example_field
 from florence2.model.florence2 import Florence2Model, shift_right
 from florence2.processor import Florence2Processor
 from florence2.train.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed
@@ -167,6 +166,10 @@ class TrainConfig:
 # --- data ----------------------------------------------------------------------------------------
 
 
+def _field(item: Item, name: str) -> Any:
+    return item[name] if isinstance(item, dict) else getattr(item, name)
+
+
 def collate(
     items: Sequence[Item],
     processor: Florence2Processor,
@@ -182,13 +185,13 @@ def collate(
     """
     if not items:
         raise ValueError("collate needs at least one item")
-    pixel_values = processor.image_processor.preprocess([example_field(it, "image") for it in items]).pixel_values
-    prompts = [example_field(it, "prompt") for it in items]
+    pixel_values = processor.image_processor.preprocess([_field(it, "image") for it in items]).pixel_values
+    prompts = [_field(it, "prompt") for it in items]
     if num_image_tokens is None:
         input_ids, attention_mask = processor.tokenizer(prompts)
     else:
         input_ids, attention_mask = processor.tokenize(prompts, num_image_tokens)
-    target_ids, target_mask = processor.tokenizer([example_field(it, "target") for it in items])
+    target_ids, target_mask = processor.tokenizer([_field(it, "target") for it in items])
     labels = target_ids.masked_fill(target_mask == 0, IGNORE_INDEX)
     limit = max_target_length or processor.max_positions
     if labels.shape[1] > limit:
