@@ -10,7 +10,7 @@
 #      4e-4, 100 warm-up steps), world seed 1: localisation
 #   4. from stage 3's checkpoint, a last cosine over 1300 steps (peak 2e-4, 50 warm-up steps), world
 #      seed 2, detection and brief captions drawn more often (OD 4, CAPTION 1.5, DETAILED_CAPTION 0.7)
-# Batches of 32 fresh synthetic scenes (128 px, 1-4 shapes) throughout; both stages' held-out loss
+# Batches of 32 fresh synthetic scenes (128 px, 1-4 shapes) throughout; stages 2-4's held-out loss
 # on world seed 1. Logged time: stage 1 439 s, stage 2 885 s, stage 3 2683 s, stage 4 1052 s
 # (docs/embedded-training.jsonl, "elapsed"), 84 min in all. Stage 4 of the shipped model started from
 # stage 3's weights as packaged (fp16, florence2/assets/model at commit 41003e2) and ran on a machine

@@ -105,8 +105,9 @@ class TrainConfig:
     anchor_decay: after each optimizer step, pull every trained parameter towards its value when
         training started: ``p -= lr * anchor_decay * (p - p_start)`` (decoupled, as AdamW's weight
         decay is towards 0; "L2-SP"). Fine-tuning on a small set then forgets less of what the
-        starting checkpoint knew; 0 turns it off. The starting values are kept in the trainer state,
-        so a resumed run pulls towards the same point.
+        starting checkpoint knew; 0 turns it off. The starting values are one more copy of the
+        trained parameters in memory, kept in the trainer state so that a resumed run pulls towards
+        the same point.
     """
 
     out_dir: str = "runs/florence2"
@@ -412,13 +413,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        own_loss = cfg.loc_sigma > 0 or cfg.loc_weight != 1  # else the model's own cross-entropy
         for i, batch in enumerate(batches):
             torch.manual_seed(step_seed(cfg.seed, step, dist_info.rank, i))
             last = i == cfg.grad_accum - 1
             sync = contextlib.nullcontext() if last or not dist_info.enabled else self.wrapped.no_sync()
             with sync:
                 inputs = {k: v.to(self.device) for k, v in batch.items()}
-                own_loss = cfg.loc_sigma > 0 or cfg.loc_weight != 1
                 if own_loss:  # the model is given no labels: its own cross-entropy is not needed
                     labels = inputs.pop("labels")
                     inputs["decoder_input_ids"] = shift_right(labels, self.start_id, self.pad_id)
