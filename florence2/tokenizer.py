@@ -240,6 +240,21 @@ class Florence2Tokenizer:
         """Token string of an id, None when out of range."""
         return self._tokenizer.id_to_token(token_id)
 
+    def add_words(self, words: Sequence[str]) -> dict[str, int]:
+        """Give each word a token of its own, with the next free id, and return ``{word: id}`` for
+        those added (a word that already is one token is left as it is). The new token is matched as
+        a whole word wherever a text holds it (``"arrow<loc_1>"``, ``"an arrow"``, not ``"arrows"``),
+        and is saved in ``tokenizer.json``; the model needs an embedding row for each new id."""
+        added = {}
+        for word in dict.fromkeys(words):
+            if not word or word != word.strip() or "<" in word or ">" in word:
+                raise TaskError(f"a word to add must be non-empty text without spaces at its ends or <>: {word!r}")
+            if len(self.encode(word)) == 3:  # <s> word </s>
+                continue
+            self._tokenizer.add_tokens([AddedToken(word, single_word=True, normalized=False)])
+            added[word] = self._tokenizer.token_to_id(word)
+        return added
+
     def loc_token_id(self, k: int) -> int:
         """Id of ``<loc_k>``, 0 <= k < 1000 (50269 + k with the BART vocabulary)."""
         if not 0 <= k < NUM_BINS:

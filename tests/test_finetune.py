@@ -11,7 +11,7 @@ from PIL import Image
 
 from florence2 import Florence2, load_model
 from florence2.cli import main
-from florence2.errors import AnnotationError
+from florence2.errors import AnnotationError, TaskError
 from florence2.model.florence2 import Florence2Model
 from florence2.train import TrainConfig, Trainer, collate, indexed_source
 from florence2.train.finetune import FinetuneConfig, check_lengths, finetune, freeze
@@ -154,18 +154,19 @@ def native_inputs(config, prompt, mask, image_hw):
     return ids, torch.cat([torch.ones(prompt.shape[0], n_img, dtype=torch.long), mask], 1)
 
 
-@pytest.mark.parametrize("strategy", ["full", "lora"])
+@pytest.mark.parametrize("strategy", ["full", "lora", "new word"])
 def test_finetuned_checkpoint_loads_in_transformers_with_the_same_logits(checkpoint, coco, tmp_path, strategy):
     transformers = pytest.importorskip("transformers")
     lora = LoRAConfig(rank=2, alpha=4, targets=("language", "vision")) if strategy == "lora" else None
-    result = run(tmp_path, checkpoint, [f"coco:{coco}"], lora=lora, lr=1e-2, freeze=("vision",))
+    words = ("red circle",) if strategy == "new word" else ()
+    result = run(tmp_path, checkpoint, [f"coco:{coco}"], lora=lora, lr=1e-2, freeze=("vision",), add_words=words)
     folder = result.checkpoint
     assert (folder / "finetune.json").is_file() and (folder / "trainer_state.pt").is_file()
     assert (folder / "adapter" / "adapter_model.safetensors").is_file() == (strategy == "lora")
     ours = load_model(folder)
     start = read_weights(checkpoint)
     assert any(not torch.equal(v, start[k]) for k, v in read_weights(folder).items())  # it trained
-    if strategy == "full":  # frozen vision tower: bit-identical
+    if strategy != "lora":  # frozen vision tower: bit-identical
         assert all(torch.equal(v, start[k]) for k, v in read_weights(folder).items() if ".vision_tower." in k)
     ref = transformers.Florence2ForConditionalGeneration.from_pretrained(folder).eval()
     torch.manual_seed(1)
@@ -180,6 +181,38 @@ def test_finetuned_checkpoint_loads_in_transformers_with_the_same_logits(checkpo
         trained = result.trainer.model.eval()(px, prompt, dec, attention_mask=mask).logits
     assert (got - expected).abs().max().item() < 1e-4
     assert (got - trained).abs().max().item() < 1e-5  # merged LoRA = the adapter model
+
+
+def test_added_words_get_a_token_and_a_row_starting_at_their_pieces_mean(checkpoint, coco, processor, tmp_path):
+    vocab = processor.tokenizer.vocab_size
+    pieces = processor.tokenizer.encode("red circle")[1:-1]
+    assert len(pieces) > 1
+    like = processor.tokenizer.encode("square")[1:-1]
+    result = run(tmp_path, checkpoint, [f"coco:{coco}"], steps=0, add_words=("red circle", "zebra = square"))
+    start, tuned = Florence2.from_pretrained(checkpoint), Florence2.from_pretrained(result.checkpoint)
+    tokenizer = tuned.processor.tokenizer
+    assert tokenizer.encode("red circle<loc_3>") == [0, vocab, tokenizer.loc_token_id(3), 2]
+    assert tuned.processor.batch_decode([[0, vocab, tokenizer.loc_token_id(3), 2]]) == ["<s>red circle<loc_3></s>"]
+    old, new = start.model.language_model.shared.weight, tuned.model.language_model.shared.weight
+    assert new.shape[0] == vocab + 2 == tuned.model.config.text.vocab_size
+    assert torch.equal(new[:vocab], old)
+    torch.testing.assert_close(new[vocab], old[pieces].mean(0))  # its own pieces
+    assert tokenizer.encode("zebra") == [0, vocab + 1, 2]
+    torch.testing.assert_close(new[vocab + 1], old[like].mean(0))  # started from "square"
+    assert tuned.model.config.image_token_id == start.model.config.image_token_id  # inside the old vocabulary
+    # the <image> placeholder one past the vocabulary moves to one past the new one
+    model = Florence2Model(tiny_config(vocab_size=vocab).replace(image_token_id=vocab))
+    assert model.resize_token_embeddings(vocab + 2).config.image_token_id == vocab + 2
+    with pytest.raises(ValueError, match="only grows"):
+        model.resize_token_embeddings(vocab)
+    # a word that already is one token is left alone; malformed words and LoRA are refused
+    assert processor.tokenizer.add_words(["s"]) == {}  # a byte: one token already
+    with pytest.raises(TaskError, match="word to add"):
+        processor.tokenizer.add_words([" arrow"])
+    with pytest.raises(TaskError, match="word to add"):
+        run(tmp_path / "bad", checkpoint, [f"coco:{coco}"], steps=0, add_words=("=square",))
+    with pytest.raises(ValueError, match="add_words"):
+        FinetuneConfig(out_dir=str(tmp_path), add_words=("arrow",), lora=LoRAConfig(rank=2))
 
 
 def test_cli_finetune_with_lora_evaluation_and_best(checkpoint, coco, tmp_path, capsys):

@@ -21,7 +21,7 @@ from florence2.tokenizer import train_bpe_tokenizer
 from florence2.train import TrainConfig, Trainer, collate, indexed_source, lr_at, param_groups
 from florence2.train.cli import add_finetune_parser, add_train_parser
 from florence2.train.finetune import FinetuneConfig
-from florence2.train.trainer import location_smoothed_loss
+from florence2.train.trainer import distillation_loss, jitter_locations, location_smoothed_loss
 from florence2.weights import read_weights
 from tests.checkpoints import tiny_config
 
@@ -294,6 +294,98 @@ def test_a_resumed_run_pulls_towards_the_first_start(processor, tmp_path):
     assert losses(tmp_path / "b") == losses(tmp_path / "a")
     a, b = read_weights(tmp_path / "a" / "checkpoint-last"), read_weights(tmp_path / "b" / "checkpoint-last")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_distillation_loss_counts_only_what_the_teacher_gets_right():
+    torch.manual_seed(0)
+    first_loc, bins, vocab = 10, 100, 120
+    teacher = torch.randn(1, 5, vocab)
+    teacher[0, 2:4, first_loc + 10] = 20.0  # at positions 2 and 3 the teacher's first choice is bin 10
+    word_right = int(teacher[0, 0].argmax())  # the word the teacher ranks first at position 0
+    word_wrong = next(w for w in range(first_loc) if w != int(teacher[0, 1].argmax()))  # one it does not, at 1
+    # bin 3 is 7 bins from the teacher's guess (counted), bin 90 is 80 bins away (left out); 4 is padding
+    labels = torch.tensor([[word_right, word_wrong, first_loc + 3, first_loc + 90, -100]])
+    assert float(distillation_loss(teacher.clone(), teacher, labels, first_loc, bins)) == pytest.approx(0, abs=1e-6)
+    base = distillation_loss(torch.zeros(1, 5, vocab), teacher, labels, first_loc, bins)
+    log_t = torch.log_softmax(teacher[0], -1)
+    expected = sum(float((log_t[i].exp() * (log_t[i] - math.log(1 / vocab))).sum()) for i in (0, 2)) / 4
+    assert float(base) == pytest.approx(expected, rel=1e-5)
+    for position, counted in ((0, True), (1, False), (2, True), (3, False), (4, False)):
+        student = torch.zeros(1, 5, vocab)
+        student[0, position, 7] = 5.0
+        changed = float(distillation_loss(student, teacher, labels, first_loc, bins)) != pytest.approx(float(base))
+        assert changed == counted, position
+
+
+def test_distill_starts_where_plain_training_starts_and_then_stays_closer(processor, tmp_path):
+    start = {k: v.clone() for k, v in new_model(processor, dropout=False).state_dict().items()}
+    runs, first_loss = {}, {}
+    for weight in (0.0, 5.0):
+        model = new_model(processor, dropout=False)
+        records = Trainer(model, processor, indexed_source(make_item), config(tmp_path / str(weight), distill=weight))
+        first_loss[weight] = records.train()[0]["loss"]
+        runs[weight] = model.state_dict()
+    # at the first step the student is the teacher: the KL is 0
+    assert first_loss[5.0] == pytest.approx(first_loss[0.0], rel=1e-6)
+
+    def distance(state):
+        return sum(float((state[k] - start[k]).float().pow(2).sum()) for k in start) ** 0.5
+
+    assert distance(runs[5.0]) < distance(runs[0.0])
+    with pytest.raises(ValueError, match="distill"):
+        TrainConfig(distill=-1.0)
+    with pytest.raises(ValueError, match="distill"):
+        FinetuneConfig(out_dir=str(tmp_path), distill=-1.0)
+    parser = argparse.ArgumentParser()
+    add_finetune_parser(parser.add_subparsers())
+    assert parser.parse_args(["finetune", "--out", "x", "--distill", "0.5"]).distill == 0.5
+
+
+def test_a_resumed_distill_run_matches_a_straight_one_and_checks_its_teacher(processor, tmp_path):
+    cfg = dict(save_every=2, distill=1.0)
+    Trainer(new_model(processor), processor, indexed_source(make_item), config(tmp_path / "a", **cfg)).train()
+    Trainer(new_model(processor), processor, indexed_source(make_item), config(tmp_path / "b", **cfg)).train(stop_at=4)
+    other = Trainer(new_model(processor, seed=1), processor, indexed_source(make_item), config(tmp_path / "b", **cfg))
+    with pytest.raises(ValueError, match="another starting model"):
+        other.train(resume=True)
+    again = Trainer(new_model(processor), processor, indexed_source(make_item), config(tmp_path / "b", **cfg))
+    again.train(resume=True)
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+    a, b = read_weights(tmp_path / "a" / "checkpoint-last"), read_weights(tmp_path / "b" / "checkpoint-last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_jitter_moves_only_location_tokens_within_the_grid():
+    first_loc, bins = 50, 1000
+    ids = torch.tensor([[0, 7, first_loc, first_loc + 500, first_loc + 999, 2, 1]] * 200)
+    torch.manual_seed(0)
+    moved = jitter_locations(ids, first_loc, bins, 3)
+    assert torch.equal(moved[:, [0, 1, 5, 6]], ids[:, [0, 1, 5, 6]])
+    shift = moved[:, 3] - ids[:, 3]
+    assert set(shift.tolist()) == {-3, -2, -1, 0, 1, 2, 3}
+    assert set((moved[:, 2] - first_loc).tolist()) == {0, 1, 2, 3}  # clamped at the grid's ends
+    assert set((moved[:, 4] - first_loc).tolist()) == {996, 997, 998, 999}
+
+
+def test_loc_jitter_changes_what_the_decoder_reads_not_the_targets(processor, tmp_path):
+    runs = {}
+    for jitter in (0, 40):
+        model = new_model(processor, dropout=False)
+        cfg = config(tmp_path / str(jitter), total_steps=2, loc_jitter=jitter)
+        runs[jitter] = [r["loss"] for r in Trainer(model, processor, indexed_source(make_item), cfg).train()]
+    assert runs[40] != pytest.approx(runs[0], rel=1e-6)  # the targets hold location tokens (TARGETS[3])
+    again = Trainer(new_model(processor, dropout=False), processor, indexed_source(make_item), cfg)
+    assert [r["loss"] for r in again.train()] == runs[40]  # the draws are seeded per step
+    with pytest.raises(ValueError, match="loc_jitter"):
+        TrainConfig(loc_jitter=-1)
+    with pytest.raises(ValueError, match="loc_jitter"):
+        FinetuneConfig(out_dir=str(tmp_path), loc_jitter=1000)
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers()
+    add_train_parser(commands)
+    add_finetune_parser(commands)
+    assert parser.parse_args(["train", "--out", "x", "--loc-jitter", "20"]).loc_jitter == 20
+    assert parser.parse_args(["finetune", "--out", "x", "--loc-jitter", "8"]).loc_jitter == 8
 
 
 # --- checkpoints and resume ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ inside the model.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass
@@ -116,6 +117,31 @@ class Florence2Model(nn.Module):
         self.language_model.shared.weight[pad].zero_()
         table = self.multi_modal_projector.visual_temporal_embed.pos_idx_to_embed
         table.copy_(sinusoid_table(*table.shape))
+        return self
+
+    @torch.no_grad()
+    def resize_token_embeddings(self, num_tokens: int) -> Florence2Model:
+        """Grow the tied token embedding (and output head) to ``num_tokens`` rows; the old rows are
+        kept, new rows are zero (fill them before training). ``config.text.vocab_size`` follows, and
+        an ``image_token_id`` outside the old vocabulary (the ``<image>`` placeholder one past it)
+        moves to one past the new one."""
+        old = self.language_model.shared
+        if num_tokens < old.num_embeddings:
+            raise ValueError(f"the embedding has {old.num_embeddings} rows; it only grows, got {num_tokens}")
+        if num_tokens == old.num_embeddings:
+            return self
+        new = nn.Embedding(num_tokens, old.embedding_dim, padding_idx=old.padding_idx)
+        new.to(device=old.weight.device, dtype=old.weight.dtype)
+        new.weight.zero_()
+        new.weight[: old.num_embeddings] = old.weight
+        new.weight.requires_grad_(old.weight.requires_grad)
+        self.language_model.shared = new
+        text = dataclasses.replace(self.config.text, vocab_size=num_tokens)
+        image_token_id = self.config.image_token_id
+        if image_token_id >= old.num_embeddings:
+            image_token_id = num_tokens
+        self.config = self.config.replace(text=text, image_token_id=image_token_id)
+        self.language_model.config = text
         return self
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> Florence2Model:

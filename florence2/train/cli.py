@@ -238,6 +238,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         progress=args.progress,
         loc_sigma=args.loc_sigma,
+        loc_jitter=args.loc_jitter,
         loc_weight=args.loc_weight,
     )
     get_item = synthetic_item_fn(world, args.tasks, args.seed)
@@ -278,6 +279,14 @@ def _add_optimizer_options(parser: argparse.ArgumentParser, batch_size: int, lr_
         type=float,
         default=1.0,
         help="weight of the location tokens' loss against the other tokens' (default 1: the same)",
+    )
+    parser.add_argument(
+        "--loc-jitter",
+        type=int,
+        default=0,
+        metavar="BINS",
+        help="move the location tokens the decoder reads (not the targets) by up to this many bins at random, "
+        "so it keeps its place after its own imprecise boxes (0: off)",
     )
 
 
@@ -391,8 +400,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             synthetic_eval=args.synthetic_eval,
             long_targets=args.long_targets,
             loc_sigma=args.loc_sigma,
+            loc_jitter=args.loc_jitter,
             loc_weight=args.loc_weight,
             anchor_decay=args.anchor_decay,
+            distill=args.distill,
+            add_words=tuple(_groups(args.add_words or "")),
             crop=args.crop,
             save_every=args.save_every,
             log_every=args.log_every,
@@ -471,6 +483,20 @@ def add_finetune_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="after each step pull the weights towards the starting checkpoint's by lr x this (L2-SP; 0: off)",
+    )
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="add W x the KL divergence to the starting model's predictions on the targets' coordinates and "
+        "known words, so it forgets less (0: off)",
+    )
+    p.add_argument(
+        "--add-words",
+        metavar="WORD[=LIKE],...",
+        help="give these words (new category names) a token of their own, its embedding starting from the word's "
+        "pieces or from LIKE, e.g. arrow=cross (not with --lora)",
     )
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (and at the end)")
     p.add_argument("--log-every", type=int, default=10)

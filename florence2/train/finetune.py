@@ -8,8 +8,9 @@
 What it does, in order:
 
 1. loads the model (``model``; default: the embedded model), merges a PEFT ``adapter`` into it when
-   given, freezes the ``freeze`` groups (:data:`FREEZE_GROUPS`: ``requires_grad`` off, so they are
-   not in the optimizer), or puts LoRA layers on it (``lora``: everything else frozen);
+   given, gives ``add_words`` a token and an embedding row each (:func:`add_words`), freezes the
+   ``freeze`` groups (:data:`FREEZE_GROUPS`: ``requires_grad`` off, so they are not in the
+   optimizer), or puts LoRA layers on it (``lora``: everything else frozen);
 2. reads every data spec with :mod:`florence2.data.formats` (``--data`` on the command line), holds
    out ``eval_fraction`` of the images (or reads ``eval_data``), and drops, with a report, examples
    whose target does not fit the decoder's positions or whose prompt does not fit beside the image
@@ -36,6 +37,7 @@ from typing import Any
 
 import torch
 
+from florence2.coords import NUM_BINS
 from florence2.data.augment import random_crops
 from florence2.data.formats import (
     DataSpec,
@@ -45,7 +47,7 @@ from florence2.data.formats import (
     parse_data_spec,
     split_held_out,
 )
-from florence2.errors import AnnotationError
+from florence2.errors import AnnotationError, TaskError
 from florence2.model.florence2 import Florence2Model
 from florence2.processor import Florence2Processor
 from florence2.train.cli import by_target_length
@@ -94,6 +96,13 @@ class FinetuneConfig:
     loc_weight: weight of the location tokens' loss against the other tokens' (1: the same).
     anchor_decay: pull the trained weights towards the starting checkpoint's after each step
         (:class:`florence2.train.trainer.TrainConfig`); 0: off.
+    loc_jitter: move the location tokens the decoder reads (not the targets) by up to this many
+        bins at random (:class:`florence2.train.trainer.TrainConfig`); 0: off.
+    distill: weight of the KL divergence to the starting model's predictions on the training
+        targets ("learning without forgetting", :class:`florence2.train.trainer.TrainConfig`); 0: off.
+    add_words: words (new category names) to give a token of their own before training, as
+        ``"arrow"`` (the row starts as the mean of the word's old pieces) or ``"arrow=cross"`` (it
+        starts as ``cross``'s); see :func:`add_words`.
     crop: 0 (off), or train on random crops that keep every located region, their sides at least
         this share of the image's (:mod:`florence2.data.augment`; for tasks whose texts state no
         position or size).
@@ -130,6 +139,9 @@ class FinetuneConfig:
     loc_sigma: float = 0.0
     loc_weight: float = 1.0
     anchor_decay: float = 0.0
+    loc_jitter: int = 0
+    distill: float = 0.0
+    add_words: tuple[str, ...] = ()
     crop: float = 0.0
     save_every: int = 0
     log_every: int = 10
@@ -152,11 +164,17 @@ class FinetuneConfig:
             raise ValueError(f"loc_weight must be >= 0, got {self.loc_weight}")
         if self.anchor_decay < 0:
             raise ValueError(f"anchor_decay must be >= 0, got {self.anchor_decay}")
+        if self.distill < 0:
+            raise ValueError(f"distill must be >= 0, got {self.distill}")
+        if not 0 <= self.loc_jitter < NUM_BINS:
+            raise ValueError(f"loc_jitter must lie in [0, {NUM_BINS}), got {self.loc_jitter}")
         if not 0 <= self.crop <= 1:
             raise ValueError(f"crop must lie in [0, 1] (0: off), got {self.crop}")
         if self.steps is not None and self.steps < 0 or self.epochs <= 0:
             raise ValueError("steps must be >= 0 and epochs > 0")
-        for name in ("data", "eval_data", "freeze"):
+        if self.add_words and self.lora is not None:
+            raise ValueError("add_words trains new embedding rows, which LoRA leaves frozen: use one or the other")
+        for name in ("data", "eval_data", "freeze", "add_words"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
@@ -193,6 +211,43 @@ def freeze(model: Florence2Model, groups: Sequence[str]) -> list[str]:
     return names
 
 
+def _word_spec(spec: str) -> tuple[str, str]:
+    """``"arrow=cross"`` -> ``("arrow", "cross")``; ``"arrow"`` -> ``("arrow", "arrow")``."""
+    word, _, like = spec.partition("=")
+    return word.strip(), like.strip() or word.strip()
+
+
+@torch.no_grad()
+def add_words(model: Florence2Model, processor: Florence2Processor, words: Sequence[str]) -> dict[str, int]:
+    """Give each word a token of its own (:meth:`Florence2Tokenizer.add_words`) and the model an
+    embedding row for it. ``words``: ``"arrow"``, whose row starts as the mean of the rows of the
+    pieces it was split into (``ar``, ``row``), or ``"arrow=cross"``, whose row starts as the mean of
+    the rows of ``cross`` (any text: its tokens' rows), for a new category that looks like an old
+    one. Returns ``{word: id}`` for the words added (a word that already is one token is left alone).
+
+    A model that has only ever named objects with one token each (the embedded model: ``circle``,
+    ``cross``) can learn a name split in two but then repeats the pieces (``ararrowrow``) and loses
+    the boxes after them; one token per name keeps its habits. Starting the row from the category the
+    model mistakes the new one for also starts the boxes that follow the new name where the model
+    puts that category's boxes."""
+    tokenizer = processor.tokenizer
+    start = {}
+    for spec in words:
+        word, like = _word_spec(spec)
+        start[word] = tokenizer.encode(like)[1:-1]
+        if not start[word]:
+            raise TaskError(f"add_words: nothing to start {word!r} from in {spec!r}")
+    added = tokenizer.add_words(list(start))
+    if not added:
+        return added
+    rows = max(max(added.values()) + 1, model.language_model.shared.num_embeddings)
+    model.resize_token_embeddings(rows)
+    weight = model.language_model.shared.weight
+    for word, token_id in added.items():
+        weight[token_id] = weight[start[word]].mean(0)
+    return added
+
+
 def _source_folder(model: str | os.PathLike | None) -> Path:
     from florence2.pipeline import default_model_path
     from florence2.weights import resolve_checkpoint
@@ -210,6 +265,10 @@ def prepare_model(config: FinetuneConfig) -> tuple[Florence2Model, Florence2Proc
     model, processor = predictor.model, predictor.processor
     if config.adapter:
         load_peft_adapter(model, config.adapter, merge=True)
+    if config.add_words:
+        added = add_words(model, processor, config.add_words)
+        kept = [word for word, _ in map(_word_spec, config.add_words) if word not in added]
+        _say(f"new tokens: {added or 'none'}" + (f"; already one token: {kept}" if kept else ""))
     if config.lora is not None:
         torch.manual_seed(config.seed)  # the adapters' initial A: the same in every run and process
         apply_lora(model, config.lora)
@@ -451,6 +510,8 @@ def finetune(config: FinetuneConfig, examples: Sequence[Example] | None = None) 
         loc_sigma=config.loc_sigma,
         loc_weight=config.loc_weight,
         anchor_decay=config.anchor_decay,
+        loc_jitter=config.loc_jitter,
+        distill=config.distill,
     )
     get_item = mixture.__getitem__
     if config.crop:
@@ -475,6 +536,7 @@ __all__ = [
     "FREEZE_GROUPS",
     "FinetuneConfig",
     "FinetuneResult",
+    "add_words",
     "check_lengths",
     "finetune",
     "freeze",

@@ -38,6 +38,7 @@ Frozen parameters (``requires_grad=False``) are left out of the optimizer; LoRA 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -108,6 +109,18 @@ class TrainConfig:
         starting checkpoint knew; 0 turns it off. The starting values are one more copy of the
         trained parameters in memory, kept in the trainer state so that a resumed run pulls towards
         the same point.
+    loc_jitter: move each location token of the decoder's *input* (the teacher-forced previous
+        tokens, not the targets) by a random whole number of bins in ``[-loc_jitter, loc_jitter]``
+        (clamped to the grid). A model decoding on its own sees its own imprecise boxes before the
+        next object; trained only on exact ones it can end the list early or lose its place, the
+        failure mode Pix2Seq's sequence augmentation addresses. 0 turns it off.
+    distill: weight of a distillation term ("learning without forgetting"): the KL divergence from
+        the starting model's next-token distribution to the trained model's, at the target
+        positions the starting model already gets right (elsewhere, e.g. at a new label, the
+        cross-entropy alone teaches); see :func:`distillation_loss`. The starting
+        model is a frozen copy of the model given to the :class:`Trainer` (on ``resume``, give the
+        same starting checkpoint), run once more per micro-batch without gradients. 0 turns it off;
+        the logged loss is then cross-entropy + ``distill`` x KL.
     """
 
     out_dir: str = "runs/florence2"
@@ -135,6 +148,8 @@ class TrainConfig:
     loc_sigma: float = 0.0
     loc_weight: float = 1.0
     anchor_decay: float = 0.0
+    loc_jitter: int = 0
+    distill: float = 0.0
 
     def __post_init__(self) -> None:
         if self.total_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -153,6 +168,10 @@ class TrainConfig:
             raise ValueError(f"loc_weight must be >= 0, got {self.loc_weight}")
         if self.anchor_decay < 0:
             raise ValueError(f"anchor_decay must be >= 0, got {self.anchor_decay}")
+        if self.distill < 0:
+            raise ValueError(f"distill must be >= 0, got {self.distill}")
+        if not 0 <= self.loc_jitter < NUM_BINS:
+            raise ValueError(f"loc_jitter must lie in [0, {NUM_BINS}), got {self.loc_jitter}")
         if self.best_metric is not None and self.eval_every == 0:
             raise ValueError("best_metric needs evaluations: set eval_every > 0")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -267,6 +286,43 @@ def location_smoothed_loss(
     return (total + loc_weight * loc_loss) / valid.sum().clamp(min=1)
 
 
+DISTILL_BIN_TOLERANCE = 25  # a location target the teacher places within this many bins counts as known
+
+
+def distillation_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, first_loc_id: int, num_bins: int
+) -> torch.Tensor:
+    """KL(teacher || student) of the next-token distributions, summed over the target positions the
+    teacher already gets right and divided by all target tokens (``labels`` != -100), so that it adds
+    to the mean cross-entropy with a comparable weight. Right: a word (any non-location token) the
+    teacher ranks first, or a location whose most likely bin lies within
+    :data:`DISTILL_BIN_TOLERANCE` bins of the target's. Elsewhere (a category the teacher has never
+    seen, and the boxes that follow it, where its context is new to it) the teacher would pull
+    against what the targets teach, and the cross-entropy alone trains."""
+    valid = labels != IGNORE_INDEX
+    bins = labels - first_loc_id
+    is_loc = valid & (bins >= 0) & (bins < num_bins)
+    teacher_log_probs = torch.log_softmax(teacher_logits.float(), dim=-1)
+    guess = teacher_log_probs.argmax(-1)
+    near = (guess - labels).abs() <= DISTILL_BIN_TOLERANCE
+    guess_is_loc = (guess >= first_loc_id) & (guess < first_loc_id + num_bins)
+    keep = (is_loc & guess_is_loc & near) | (valid & ~is_loc & (guess == labels))
+    student = torch.log_softmax(logits.float()[keep], dim=-1)
+    teacher = teacher_log_probs[keep]
+    kl = (teacher.exp() * (teacher - student)).sum()
+    return kl / valid.sum().clamp(min=1)
+
+
+def jitter_locations(ids: torch.Tensor, first_loc_id: int, num_bins: int, max_shift: int) -> torch.Tensor:
+    """``ids`` with every location token moved by a random whole number of bins in
+    ``[-max_shift, max_shift]``, clamped to ``[0, num_bins)``; other tokens unchanged. Draws from
+    torch's global generator (the trainer seeds it per micro-step)."""
+    bins = ids - first_loc_id
+    is_loc = (bins >= 0) & (bins < num_bins)
+    shift = torch.randint(-max_shift, max_shift + 1, ids.shape).to(ids.device)
+    return torch.where(is_loc, (bins + shift).clamp(0, num_bins - 1) + first_loc_id, ids)
+
+
 def lr_at(step: int, config: TrainConfig) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warm-up to ``lr`` over
     ``warmup_steps``, then cosine decay to ``lr * min_lr_ratio`` at ``total_steps``. A pure function
@@ -364,6 +420,10 @@ class Trainer:
         self.num_trainable = count_parameters(p for g in self.optimizer.param_groups for p in g["params"])
         # the starting point of anchor_decay (from the checkpoint on resume)
         self.anchors = [p.detach().clone() for p in self.params] if config.anchor_decay > 0 else None
+        # the starting model that distill keeps the trained one close to
+        self.teacher: Florence2Model | None = None
+        if config.distill > 0:
+            self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
         self.num_parameters = count_parameters(model.parameters())
         self.autocast = self.device.type == "cuda" and config.mixed_precision != "no"
         self.autocast_dtype = torch.float16 if config.mixed_precision == "fp16" else torch.bfloat16
@@ -413,7 +473,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        own_loss = cfg.loc_sigma > 0 or cfg.loc_weight != 1  # else the model's own cross-entropy
+        # else the model's own cross-entropy
+        own_loss = cfg.loc_sigma > 0 or cfg.loc_weight != 1 or self.teacher is not None or cfg.loc_jitter > 0
         for i, batch in enumerate(batches):
             torch.manual_seed(step_seed(cfg.seed, step, dist_info.rank, i))
             last = i == cfg.grad_accum - 1
@@ -423,6 +484,10 @@ class Trainer:
                 if own_loss:  # the model is given no labels: its own cross-entropy is not needed
                     labels = inputs.pop("labels")
                     inputs["decoder_input_ids"] = shift_right(labels, self.start_id, self.pad_id)
+                    if cfg.loc_jitter:
+                        inputs["decoder_input_ids"] = jitter_locations(
+                            inputs["decoder_input_ids"], self.first_loc_id, NUM_BINS, cfg.loc_jitter
+                        )
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast):
                     out = self.wrapped(**inputs)
                 loss = out.loss
@@ -430,6 +495,11 @@ class Trainer:
                     loss = location_smoothed_loss(
                         out.logits, labels, self.first_loc_id, NUM_BINS, cfg.loc_sigma, cfg.loc_weight
                     )
+                if self.teacher is not None:
+                    with torch.no_grad(), torch.autocast(self.device.type, self.autocast_dtype, self.autocast):
+                        teacher_logits = self.teacher(**inputs).logits
+                    kl = distillation_loss(out.logits, teacher_logits, labels, self.first_loc_id, NUM_BINS)
+                    loss = loss + cfg.distill * kl
                 # the model's loss is the mean over this micro-batch's tokens: back to a sum, then
                 # over the global token count; DDP averages gradients over ranks, hence * world_size
                 token_loss_sum = loss * local_tokens[i]
@@ -600,6 +670,7 @@ class Trainer:
             # LoRA adapters are merged into model.safetensors; resuming needs them apart
             "lora": {k: v.cpu() for k, v in lora_state(self.model).items()},
             "anchors": None if self.anchors is None else [a.cpu() for a in self.anchors],
+            "teacher_fingerprint": None if self.teacher is None else _fingerprint(self.teacher),
             "world_size": self.dist.world_size,
             "config": json.loads(json.dumps(dataclasses.asdict(self.config))),
         }
@@ -653,11 +724,24 @@ class Trainer:
                 raise ValueError(f"{folder / TRAINER_STATE}: no anchor_decay starting point to resume from")
             for mine, saved in zip(self.anchors, anchors):
                 mine.copy_(saved)
+        if self.teacher is not None:
+            saved = state.get("teacher_fingerprint")
+            mine = _fingerprint(self.teacher)
+            if saved is None or len(saved) != len(mine) or not all(map(math.isclose, saved, mine)):
+                raise ValueError(
+                    f"{folder}: this run distils from another starting model than the one given now; "
+                    "resume from the same starting checkpoint"
+                )
         self.best = state.get("best")
         self.step = int(state["step"])
         self._window = list(state.get("loss_window", []))
         self._elapsed_before = float(state.get("elapsed", 0.0))
         _set_rng_state(state["rng"])
+
+
+def _fingerprint(model: nn.Module) -> list[float]:
+    """Per-tensor sums of a model's weights: tells whether a resumed run distils from the same start."""
+    return [float(p.detach().double().sum()) for p in model.parameters()]
 
 
 class _ProgressBar:
