@@ -71,6 +71,15 @@ def config(out_dir, **changes) -> TrainConfig:
     return TrainConfig(**{**base, **changes, "progress": False})
 
 
+def command_parser() -> argparse.ArgumentParser:
+    """The ``train`` and ``finetune`` command lines."""
+    parser = argparse.ArgumentParser()
+    commands = parser.add_subparsers()
+    add_train_parser(commands)
+    add_finetune_parser(commands)
+    return parser
+
+
 def losses(out_dir) -> list[float]:
     return [json.loads(line)["loss"] for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
 
@@ -225,10 +234,7 @@ def test_location_smoothing_trains_through_the_trainer(processor, tmp_path):
     with pytest.raises(ValueError, match="loc_weight"):
         FinetuneConfig(out_dir=str(tmp_path), loc_weight=-0.5)
     # both commands take the option
-    parser = argparse.ArgumentParser()
-    commands = parser.add_subparsers()
-    add_train_parser(commands)
-    add_finetune_parser(commands)
+    parser = command_parser()
     assert parser.parse_args(["train", "--out", "x", "--loc-sigma", "12"]).loc_sigma == 12.0
     assert parser.parse_args(["finetune", "--out", "x", "--loc-sigma", "8"]).loc_sigma == 8.0
     assert parser.parse_args(["train", "--out", "x"]).loc_sigma == 0.0
@@ -336,8 +342,7 @@ def test_distill_starts_where_plain_training_starts_and_then_stays_closer(proces
         TrainConfig(distill=-1.0)
     with pytest.raises(ValueError, match="distill"):
         FinetuneConfig(out_dir=str(tmp_path), distill=-1.0)
-    parser = argparse.ArgumentParser()
-    add_finetune_parser(parser.add_subparsers())
+    parser = command_parser()
     assert parser.parse_args(["finetune", "--out", "x", "--distill", "0.5"]).distill == 0.5
 
 
@@ -380,10 +385,7 @@ def test_loc_jitter_changes_what_the_decoder_reads_not_the_targets(processor, tm
         TrainConfig(loc_jitter=-1)
     with pytest.raises(ValueError, match="loc_jitter"):
         FinetuneConfig(out_dir=str(tmp_path), loc_jitter=1000)
-    parser = argparse.ArgumentParser()
-    commands = parser.add_subparsers()
-    add_train_parser(commands)
-    add_finetune_parser(commands)
+    parser = command_parser()
     assert parser.parse_args(["train", "--out", "x", "--loc-jitter", "20"]).loc_jitter == 20
     assert parser.parse_args(["finetune", "--out", "x", "--loc-jitter", "8"]).loc_jitter == 8
 
