@@ -37,7 +37,6 @@ from typing import Any
 
 import torch
 
-from florence2.coords import NUM_BINS
 from florence2.data.augment import random_crops
 from florence2.data.formats import (
     DataSpec,
@@ -52,7 +51,14 @@ from florence2.model.florence2 import Florence2Model
 from florence2.processor import Florence2Processor
 from florence2.train.cli import by_target_length
 from florence2.train.lora import LoRAConfig, apply_lora, load_peft_adapter, merged_model
-from florence2.train.trainer import CHECKPOINT_NAME, TrainConfig, Trainer, indexed_source, make_loss_eval
+from florence2.train.trainer import (
+    CHECKPOINT_NAME,
+    TrainConfig,
+    Trainer,
+    check_loss_options,
+    indexed_source,
+    make_loss_eval,
+)
 
 # group name -> module prefixes (our names) that --freeze turns off
 FREEZE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -158,16 +164,7 @@ class FinetuneConfig:
             raise ValueError(f"long_targets must be 'skip' or 'error', got {self.long_targets!r}")
         if self.eval_fraction and self.eval_data:
             raise ValueError("give eval_fraction or eval_data, not both")
-        if self.loc_sigma < 0:
-            raise ValueError(f"loc_sigma must be >= 0, got {self.loc_sigma}")
-        if self.loc_weight < 0:
-            raise ValueError(f"loc_weight must be >= 0, got {self.loc_weight}")
-        if self.anchor_decay < 0:
-            raise ValueError(f"anchor_decay must be >= 0, got {self.anchor_decay}")
-        if self.distill < 0:
-            raise ValueError(f"distill must be >= 0, got {self.distill}")
-        if not 0 <= self.loc_jitter < NUM_BINS:
-            raise ValueError(f"loc_jitter must lie in [0, {NUM_BINS}), got {self.loc_jitter}")
+        check_loss_options(self)
         if not 0 <= self.crop <= 1:
             raise ValueError(f"crop must lie in [0, 1] (0: off), got {self.crop}")
         if self.steps is not None and self.steps < 0 or self.epochs <= 0:

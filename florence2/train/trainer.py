@@ -162,16 +162,7 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be 'bf16', 'fp16' or 'no', got {self.mixed_precision!r}")
         if self.best_mode not in ("auto", "min", "max"):
             raise ValueError(f"best_mode must be 'auto', 'min' or 'max', got {self.best_mode!r}")
-        if self.loc_sigma < 0:
-            raise ValueError(f"loc_sigma must be >= 0, got {self.loc_sigma}")
-        if self.loc_weight < 0:
-            raise ValueError(f"loc_weight must be >= 0, got {self.loc_weight}")
-        if self.anchor_decay < 0:
-            raise ValueError(f"anchor_decay must be >= 0, got {self.anchor_decay}")
-        if self.distill < 0:
-            raise ValueError(f"distill must be >= 0, got {self.distill}")
-        if not 0 <= self.loc_jitter < NUM_BINS:
-            raise ValueError(f"loc_jitter must lie in [0, {NUM_BINS}), got {self.loc_jitter}")
+        check_loss_options(self)
         if self.best_metric is not None and self.eval_every == 0:
             raise ValueError("best_metric needs evaluations: set eval_every > 0")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -181,6 +172,16 @@ class TrainConfig:
         if self.best_mode != "auto":
             return self.best_mode == "min"
         return any(word in (self.best_metric or "").lower() for word in ("loss", "cer", "wer", "error"))
+
+
+def check_loss_options(config: Any) -> None:
+    """Validate the loss and regularisation settings :class:`TrainConfig` and the fine-tuning config
+    share (``loc_sigma``, ``loc_weight``, ``anchor_decay``, ``distill``, ``loc_jitter``)."""
+    for name in ("loc_sigma", "loc_weight", "anchor_decay", "distill"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
+    if not 0 <= config.loc_jitter < NUM_BINS:
+        raise ValueError(f"loc_jitter must lie in [0, {NUM_BINS}), got {config.loc_jitter}")
 
 
 # --- data ----------------------------------------------------------------------------------------
