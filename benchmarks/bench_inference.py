@@ -71,33 +71,15 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 def model_size(name: str) -> tuple[Any, int]:
     """(Florence2Config, image side in pixels) for ``base`` (Florence-2-base) or ``tiny`` (seconds)."""
-    from florence2.config import VARIANTS, Florence2Config, TextConfig, VisionConfig
+    from florence2.config import VARIANTS, variant
 
     if name == "base":
         return VARIANTS["base"].replace(image_token_id=IMAGE_TOKEN_ID), 768
     if name == "tiny":
         # the real vocabulary, so the official prompt ids are valid; everything else small
-        vision = VisionConfig(
-            embed_dims=(16, 32),
-            depths=(1, 1),
-            num_heads=(1, 2),
-            num_groups=(1, 2),
-            patch_size=(7, 3),
-            patch_stride=(4, 2),
-            patch_padding=(3, 1),
-            patch_prenorm=(False, True),
-            window_size=4,
-        )
-        text = TextConfig(
-            d_model=32,
-            encoder_layers=1,
-            decoder_layers=1,
-            encoder_attention_heads=2,
-            decoder_attention_heads=2,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
-        )
-        return Florence2Config(vision=vision, text=text, image_token_id=IMAGE_TOKEN_ID), 64
+        return variant(
+            "tiny", vocab_size=VARIANTS["base"].text.vocab_size, max_positions=1024, image_token_id=IMAGE_TOKEN_ID
+        ), 64
     raise ValueError(f"unknown size {name!r}")
 
 

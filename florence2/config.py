@@ -119,7 +119,9 @@ class Florence2Config:
 
 
 VARIANTS: dict[str, Florence2Config] = {
+    # Florence-2-base, 231M parameters
     "base": Florence2Config(),
+    # Florence-2-large, 770M parameters
     "large": Florence2Config(
         vision=VisionConfig(embed_dims=(256, 512, 1024, 2048), num_heads=(8, 16, 32, 64), num_groups=(8, 16, 32, 64)),
         text=TextConfig(
@@ -132,7 +134,84 @@ VARIANTS: dict[str, Florence2Config] = {
             decoder_ffn_dim=4096,
         ),
     ),
+    # the embedded model's architecture (about 3M parameters with its 1624-token vocabulary): three
+    # DaViT stages, 3 + 3 layers of width 128; no dropout, since the synthetic stream never repeats
+    "small": Florence2Config(
+        vision=VisionConfig(
+            embed_dims=(32, 64, 128),
+            depths=(1, 1, 2),
+            num_heads=(2, 4, 8),
+            num_groups=(2, 4, 8),
+            patch_size=(7, 3, 3),
+            patch_stride=(4, 2, 2),
+            patch_padding=(3, 1, 1),
+            patch_prenorm=(False, True, True),
+            window_size=4,
+            drop_path_rate=0.0,
+        ),
+        text=TextConfig(
+            d_model=128,
+            encoder_layers=3,
+            decoder_layers=3,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=512,
+            decoder_ffn_dim=512,
+            max_position_embeddings=512,
+            dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+        ),
+    ),
+    # the smallest thing that is still every part of the model: tests and quick benchmark runs
+    "tiny": Florence2Config(
+        vision=VisionConfig(
+            embed_dims=(16, 32),
+            depths=(1, 2),
+            num_heads=(1, 2),
+            num_groups=(1, 2),
+            patch_size=(7, 3),
+            patch_stride=(4, 2),
+            patch_padding=(3, 1),
+            patch_prenorm=(False, True),
+            window_size=3,
+        ),
+        text=TextConfig(
+            d_model=24,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+            max_position_embeddings=128,
+        ),
+    ),
 }
+
+
+def variant(
+    name: str,
+    *,
+    vocab_size: int | None = None,
+    max_positions: int | None = None,
+    image_token_id: int | None = None,
+) -> Florence2Config:
+    """The named configuration of :data:`VARIANTS`, with another vocabulary or position count.
+
+    ``image_token_id`` (the native layout's ``<image>`` placeholder) defaults to one past the
+    vocabulary when ``vocab_size`` is given, as transformers' Florence-2 tokenizer adds it."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown model variant {name!r}; choose from {sorted(VARIANTS)}")
+    config = VARIANTS[name]
+    text = config.text
+    if vocab_size is not None:
+        text = dataclasses.replace(text, vocab_size=vocab_size)
+    if max_positions is not None:
+        text = dataclasses.replace(text, max_position_embeddings=max_positions)
+    if image_token_id is None:
+        image_token_id = vocab_size if vocab_size is not None else config.image_token_id
+    return config.replace(text=text, image_token_id=image_token_id)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from florence2.weights import load_model, resolve_checkpoint, save_model
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "model"
 # decoding settings a checkpoint's generation_config.json may carry
 _GENERATION_KEYS = ("num_beams", "no_repeat_ngram_size", "length_penalty", "early_stopping")
+# keyword options of ``Florence2.predict`` other than the decoding options
+PREDICT_OPTIONS = frozenset({"batch_size", "progress", "score_threshold", "nms_iou"})
 
 
 def default_model_path() -> Path:
@@ -61,6 +64,7 @@ class Florence2:
         self.processor = processor
         self.generation_defaults = dict(generation_defaults or {})
         self.num_image_tokens = model.config.num_image_tokens(processor.image_size)
+        self.quantized: str | None = None
 
     @classmethod
     def from_pretrained(
@@ -82,11 +86,32 @@ class Florence2:
         if quantize == "int8":
             model = quantize_int8(model)
         processor = Florence2Processor.from_pretrained(folder, model.config.text.max_position_embeddings)
-        return cls(model, processor, _generation_defaults(folder))
+        predictor = cls(model, processor, _generation_defaults(folder))
+        predictor.quantized = quantize
+        return predictor
 
     def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
         """Write the checkpoint (native transformers layout) with tokenizer and preprocessor config."""
         return save_model(self.model, folder, dtype=dtype, processor=self.processor)
+
+    def info(self) -> dict[str, Any]:
+        """What this predictor is and accepts, for servers and reports (no need to reach inside).
+
+        ``options``: the keyword options ``predict`` takes besides image, task, text and region
+        (``batch_size``, ``progress``, ``score_threshold``, ``nms_iou`` and every decoding option);
+        ``decoding``: the decoding settings used when a call names none."""
+        parameters = list(self.model.parameters())
+        return {
+            "parameters": sum(p.numel() for p in parameters),
+            "device": str(self.model.device),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "quantized": self.quantized,
+            "image_size": list(self.processor.image_size),
+            "num_image_tokens": self.num_image_tokens,
+            "max_positions": self.processor.max_positions,
+            "options": sorted(PREDICT_OPTIONS | {f.name for f in fields(DecodingOptions)}),
+            "decoding": asdict(self.decoding_options()),
+        }
 
     def decoding_options(self, **overrides: Any) -> DecodingOptions:
         return DecodingOptions.for_model(self.model.config, **{**self.generation_defaults, **overrides})

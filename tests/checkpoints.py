@@ -12,37 +12,14 @@ from pathlib import Path
 
 import torch
 
-from florence2.config import Florence2Config, TextConfig, VisionConfig, config_to_original_dict
+from florence2.config import Florence2Config, config_to_original_dict, variant
 from florence2.model.florence2 import Florence2Model
 from florence2.weights import native_state_dict, save_model
 
-TINY_VISION = VisionConfig(
-    embed_dims=(16, 32),
-    depths=(1, 2),
-    num_heads=(1, 2),
-    num_groups=(1, 2),
-    patch_size=(7, 3),
-    patch_stride=(4, 2),
-    patch_padding=(3, 1),
-    patch_prenorm=(False, True),
-    window_size=3,
-    drop_path_rate=0.1,
-)
-
 
 def tiny_config(vocab_size: int = 300, max_positions: int = 128) -> Florence2Config:
-    text = TextConfig(
-        vocab_size=vocab_size,
-        d_model=24,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        max_position_embeddings=max_positions,
-    )
-    return Florence2Config(vision=TINY_VISION, text=text, image_token_id=vocab_size - 1)
+    """The ``tiny`` variant with the tests' small vocabulary (``<image>`` its last id)."""
+    return variant("tiny", vocab_size=vocab_size, max_positions=max_positions, image_token_id=vocab_size - 1)
 
 
 def random_model(config: Florence2Config, seed: int = 0, std: float = 0.3) -> Florence2Model:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from florence2.config import Florence2Config, TextConfig, VisionConfig
+from florence2.config import variant
 from florence2.data.synthetic import SyntheticWorld, WorldConfig
 from florence2.errors import TaskError
 from florence2.image import ImageProcessor
@@ -35,38 +35,6 @@ from florence2.tokenizer import train_bpe_tokenizer
 _SPECIAL = re.compile(r"<[^<>]+>")
 _EVAL_ITEMS = 32
 _TOKENIZER_SCENES = 300
-
-
-def tiny_model_config(vocab_size: int, max_positions: int = 512) -> Florence2Config:
-    """A small Florence-2 (about 3M parameters) for training from scratch on the synthetic world."""
-    vision = VisionConfig(
-        embed_dims=(32, 64, 128),
-        depths=(1, 1, 2),
-        num_heads=(2, 4, 8),
-        num_groups=(2, 4, 8),
-        patch_size=(7, 3, 3),
-        patch_stride=(4, 2, 2),
-        patch_padding=(3, 1, 1),
-        patch_prenorm=(False, True, True),
-        window_size=4,
-        drop_path_rate=0.0,
-    )
-    text = TextConfig(
-        vocab_size=vocab_size,
-        d_model=128,
-        encoder_layers=3,
-        decoder_layers=3,
-        encoder_attention_heads=4,
-        decoder_attention_heads=4,
-        encoder_ffn_dim=512,
-        decoder_ffn_dim=512,
-        max_position_embeddings=max_positions,
-        # the synthetic stream never repeats a sample: no dropout needed
-        dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-    )
-    return Florence2Config(vision=vision, text=text, image_token_id=vocab_size)
 
 
 def parse_task_weights(text: str | None) -> dict[str, float] | None:
@@ -139,7 +107,7 @@ def build_tiny(
 ) -> tuple[Florence2Model, Florence2Processor]:
     """A fresh tiny model and a processor whose tokenizer is trained on the world's texts."""
     tokenizer = train_bpe_tokenizer(_tokenizer_corpus(world), vocab_size=vocab_size)
-    config = tiny_model_config(tokenizer.vocab_size)
+    config = variant("small", vocab_size=tokenizer.vocab_size)
     processor = Florence2Processor(
         tokenizer, ImageProcessor(size=(image_size, image_size)), config.text.max_position_embeddings
     )
