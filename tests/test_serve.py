@@ -649,6 +649,22 @@ def test_metrics_text_format(client, png):
             assert math.isfinite(float(value)), line
 
 
+def test_metrics_label_each_route_by_the_path_it_was_declared_with(client):
+    client.get("/examples/missing.png")
+    client.get("/static/app.js")
+    client.post("/health")  # 405: the path matches, the method does not
+    for path in ("/nothing", "/v1/nothing", "/a/b/c", "/examples/a/b"):
+        client.get(path)
+    client.app.get("/v1/added")(lambda: {"added": True})  # a route added later needs nothing else
+    assert client.get("/v1/added").json() == {"added": True}
+    count = client.app.state.metrics.requests.value
+    assert count("/examples/{name}", "404") == 1
+    assert count("/static", "200") == 1
+    assert count("/health", "405") == 1
+    assert count("other", "404") == 4  # one label for all
+    assert count("/v1/added", "200") == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # The batcher alone
 # ---------------------------------------------------------------------------------------------

@@ -4,41 +4,40 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.routing import BaseRoute, Match
 
 from florence2.serve.metrics import ServerMetrics
 from florence2.serve.requests import ApiError
 
-
-def _route_label(path: str) -> str:
-    if path.startswith("/static/"):
-        return "/static"
-    if path.startswith("/examples/"):
-        return "/examples/{name}"
-    if path in _KNOWN_PATHS:
-        return path
-    return "other"
+# the route label of every request no route answers: one series however many paths clients try
+UNMATCHED_ROUTE = "other"
 
 
-_KNOWN_PATHS = {
-    "/",
-    "/health",
-    "/metrics",
-    "/v1/predict",
-    "/v1/tasks",
-    "/v1/info",
-    "/examples",
-    "/openapi.json",
-    "/docs",
-    "/redoc",
-}
+def route_label(routes: Sequence[BaseRoute], scope: dict) -> str:
+    """The path the route that answers ``scope`` was declared with (``/examples/{name}``; ``/static``
+    for the mounted files), or :data:`UNMATCHED_ROUTE` when none does.
+
+    Picked as the router picks: the first route that matches fully, else the first whose path
+    matches with another method (it answers 405).
+    """
+    chosen = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            chosen = route
+            break
+        if match is Match.PARTIAL and chosen is None:
+            chosen = route
+    return getattr(chosen, "path", None) or UNMATCHED_ROUTE
 
 
 class RequestMetricsMiddleware:
-    """Counts every HTTP response by route and status, and times it."""
+    """Counts every HTTP response by route template and status, and times it."""
 
     def __init__(self, app: Any, metrics: ServerMetrics) -> None:
         self.app, self.metrics = app, metrics
@@ -48,6 +47,7 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        route = route_label(scope["app"].routes, scope)  # before routing changes the scope
         status = 500
 
         async def send_and_record(message: dict) -> None:
@@ -59,7 +59,6 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            route = _route_label(scope.get("path", ""))
             self.metrics.requests.inc(route, str(status))
             self.metrics.latency.observe(time.perf_counter() - started, route)
 
