@@ -20,6 +20,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the server needs the 'serve' extra")
 pytest.importorskip("uvicorn", reason="the server needs the 'serve' extra")
+pytest.importorskip("prometheus_client", reason="the server needs the 'serve' extra")
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
 
 CHROMIUM = os.environ.get("FLORENCE2_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"

@@ -21,6 +21,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the server needs the 'serve' extra")
 pytest.importorskip("multipart", reason="the server needs python-multipart (the 'serve' extra)")
+pytest.importorskip("prometheus_client", reason="the server needs the 'serve' extra")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
@@ -608,7 +609,9 @@ def test_a_request_whose_client_left_is_dropped_before_it_runs(png):
         leaving.request("POST", "/v1/predict", body=body, headers={"Content-Type": "application/json"})
         wait_until(lambda: app.state.batcher.depth == 1)
         leaving.close()  # the second client goes away while queued
-        wait_until(lambda: app.state.metrics.requests.value("/v1/predict", "499") == 1)
+        wait_until(
+            lambda: app.state.metrics.value("florence2_http_requests_total", route="/v1/predict", status="499") == 1
+        )
         predictor.release.set()
         assert held.result(30)[0] == 200
         assert server.post(body, "application/json")[0] == 200
@@ -657,12 +660,21 @@ def test_metrics_label_each_route_by_the_path_it_was_declared_with(client):
         client.get(path)
     client.app.get("/v1/added")(lambda: {"added": True})  # a route added later needs nothing else
     assert client.get("/v1/added").json() == {"added": True}
-    count = client.app.state.metrics.requests.value
-    assert count("/examples/{name}", "404") == 1
-    assert count("/static", "200") == 1
-    assert count("/health", "405") == 1
-    assert count("other", "404") == 4  # one label for all
-    assert count("/v1/added", "200") == 1
+    count = client.app.state.metrics.value
+    assert count("florence2_http_requests_total", route="/examples/{name}", status="404") == 1
+    assert count("florence2_http_requests_total", route="/static", status="200") == 1
+    assert count("florence2_http_requests_total", route="/health", status="405") == 1
+    assert count("florence2_http_requests_total", route="other", status="404") == 4  # one label for all
+    assert count("florence2_http_requests_total", route="/v1/added", status="200") == 1
+
+
+def test_each_app_has_its_own_metrics(serve, png):
+    first, second = serve(RecordingPredictor()), serve(RecordingPredictor())
+    assert post_file(first, png, task="OD").status_code == 200
+    text = second.get("/metrics").text
+    assert 'route="/v1/predict"' not in text and 'florence2_batch_size_bucket{le="+Inf"} 0' in text
+    assert "_created" not in text  # only the series listed in docs/serving.md
+    assert parse_histogram(first.get("/metrics").text, "florence2_batch_size")["1"] == 1
 
 
 # ---------------------------------------------------------------------------------------------

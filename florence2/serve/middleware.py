@@ -59,8 +59,7 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_record)
         finally:
-            self.metrics.requests.inc(route, str(status))
-            self.metrics.latency.observe(time.perf_counter() - started, route)
+            self.metrics.record_request(route, status, time.perf_counter() - started)
 
 
 _BEARER = HTTPBearer(auto_error=False, description="Authorization: Bearer KEY")
