@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from florence2 import Florence2  # noqa: E402
 from florence2.cli import build_parser  # noqa: E402
+from florence2.generation import DecodingOptions  # noqa: E402
 from florence2.pipeline import DEFAULT_MODEL_DIR  # noqa: E402
 from florence2.serve import ServeSettings  # noqa: E402
 from florence2.serve.app import create_app, supported_options  # noqa: E402
@@ -112,9 +114,24 @@ def error_of(response, status: int) -> str:
     return body["error"]
 
 
-class RecordingPredictor:
+DECODING_OPTIONS = tuple(f.name for f in fields(DecodingOptions))
+
+
+class StandIn:
+    """Base of the stand-in predictors: ``info()`` lists the keyword options their ``predict``
+    takes, as ``Florence2.info()`` does (by default those of a ``predict(..., batch_size, **decoding)``)."""
+
+    options: tuple[str, ...] = ("batch_size", *DECODING_OPTIONS)
+
+    def info(self) -> dict:
+        return {"options": sorted(self.options)}
+
+
+class RecordingPredictor(StandIn):
     """Stands in for Florence2: records every call, answers each task with a fixed dict, and blocks
     until ``release`` is set when ``block`` is true. Accepts the scoring options like predict."""
+
+    options = ("batch_size", "progress", "score_threshold", "nms_iou", *DECODING_OPTIONS)
 
     def __init__(self, block: bool = False) -> None:
         self.calls: list[dict] = []
@@ -148,8 +165,10 @@ class RecordingPredictor:
         ]
 
 
-class NarrowPredictor:
+class NarrowPredictor(StandIn):
     """A predictor whose predict accepts no scoring options and only num_beams for decoding."""
+
+    options = ("batch_size", "num_beams")
 
     def predict(self, image, task="<CAPTION>", text=None, region=None, *, batch_size=8, num_beams=None):
         return [{t: "ok" for t in task} for _ in image]
@@ -397,7 +416,7 @@ def test_a_path_or_url_from_the_client_is_never_opened(client):
 
 
 def test_non_finite_numbers_in_results_become_null(serve, png):
-    class NaNPredictor:
+    class NaNPredictor(StandIn):
         def predict(self, image, task="<CAPTION>", text=None, region=None, *, batch_size=8, **decoding):
             return [{t: {"bboxes": [[1.0, 2.0, 3.0, 4.0]], "scores": [math.nan]} for t in task} for _ in image]
 
@@ -412,7 +431,7 @@ def test_errors_raised_by_the_model_are_reported(client, serve, png):
     response = post_file(client, png, task="CAPTION_TO_PHRASE_GROUNDING", text=long_text)
     assert error_of(response, 422) == "bad_input" and "tokens" in response.json()["detail"]
 
-    class Broken:
+    class Broken(StandIn):
         def predict(self, image, task="<CAPTION>", text=None, region=None, *, batch_size=8, **decoding):
             raise RuntimeError("out of memory")
 
@@ -675,6 +694,15 @@ def test_each_app_has_its_own_metrics(serve, png):
     assert 'route="/v1/predict"' not in text and 'florence2_batch_size_bucket{le="+Inf"} 0' in text
     assert "_created" not in text  # only the series listed in docs/serving.md
     assert parse_histogram(first.get("/metrics").text, "florence2_batch_size")["1"] == 1
+
+
+def test_a_predictor_without_info_is_refused_at_start():
+    class Bare:
+        def predict(self, image, task="<CAPTION>", text=None, region=None, *, batch_size=8, **decoding):
+            return [{t: "ok" for t in task} for _ in image]
+
+    with pytest.raises(TypeError, match=r"info\(\)"):
+        create_app(Bare(), ServeSettings())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The FastAPI application: prediction API, task list, health, metrics and the web page.
 
-``create_app(predictor, settings)`` builds it around anything with Florence2's ``predict``
-signature (the tests pass stand-ins). Routes:
+``create_app(predictor, settings)`` builds it around anything with Florence2's ``predict`` and
+``info`` (the tests pass stand-ins). Routes, each declared once below; its metrics label is the
+path it is declared with (:mod:`florence2.serve.middleware`):
 
 * ``POST /v1/predict``: an image (multipart file, or base64 in JSON) + tasks + inputs + decoding
   options -> result dicts, image size and timings. Runs through the dynamic batcher.
@@ -22,14 +23,12 @@ The server reads only the bytes a client sends: it never opens a path or URL giv
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import time
 from collections.abc import Hashable, Sequence
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from florence2.errors import Florence2Error
-from florence2.generation import DecodingOptions
 from florence2.pipeline import DEFAULT_MODEL_DIR
 from florence2.serve.batching import Batcher, Outcome, QueueFullError, ShuttingDownError
 from florence2.serve.metrics import CONTENT_TYPE, ServerMetrics
@@ -106,29 +104,27 @@ _ERRORS = {
 # ---------------------------------------------------------------------------------------------
 
 
+def predictor_info(predictor: Any) -> dict[str, Any]:
+    """``predictor.info()``: what the predictor is and which keyword options its ``predict`` takes
+    (see :meth:`florence2.Florence2.info`; ``options`` is required, ``parameters``, ``device`` and
+    ``dtype`` are shown when given). TypeError for a predictor that cannot say."""
+    info = getattr(predictor, "info", None)
+    described = info() if callable(info) else None
+    if not isinstance(described, dict) or "options" not in described:
+        raise TypeError(
+            f"the server needs a predictor with an info() method like Florence2.info() that lists the "
+            f"options its predict accepts under 'options'; {type(predictor).__name__} has no such info()"
+        )
+    return described
+
+
 def supported_options(predictor: Any) -> set[str]:
-    """The request options ``predictor.predict`` accepts, read from its signature at run time.
-
-    Named keyword parameters count; ``**decoding`` stands for the ``DecodingOptions`` fields.
-    """
-    parameters = inspect.signature(predictor.predict).parameters.values()
-    names = {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-    if any(p.kind == p.VAR_KEYWORD for p in parameters):
-        names |= {f.name for f in fields(DecodingOptions)}
-    return names & set(OPTION_FIELDS)
+    """The request options the predictor accepts: those of :data:`OPTION_FIELDS` its info lists."""
+    return set(predictor_info(predictor)["options"]) & set(OPTION_FIELDS)
 
 
-def _model_info(predictor: Any, name: str) -> ModelInfo:
-    model = getattr(predictor, "model", None)
-    if model is None or not hasattr(model, "parameters"):
-        return ModelInfo(name=name)
-    first = next(iter(model.parameters()), None)
-    return ModelInfo(
-        name=name,
-        parameters=sum(p.numel() for p in model.parameters()),
-        device=str(first.device) if first is not None else None,
-        dtype=str(first.dtype).removeprefix("torch.") if first is not None else None,
-    )
+def _model_info(info: dict[str, Any], name: str) -> ModelInfo:
+    return ModelInfo(name=name, **{key: info.get(key) for key in ("parameters", "device", "dtype")})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,8 +206,8 @@ def create_app(
     """Build the application.
 
     Args:
-        predictor: a loaded :class:`~florence2.Florence2` (or anything with its ``predict``); None
-            loads ``model_path`` (None: the embedded model).
+        predictor: a loaded :class:`~florence2.Florence2` (or anything with its ``predict`` and
+            ``info``: TypeError without ``info``); None loads ``model_path`` (None: the embedded model).
         settings: limits and batching; the API key defaults to ``$FLORENCE2_API_KEY``.
         model_name: what ``/v1/info`` calls the model (default: the path, or "embedded").
     """
@@ -357,7 +353,7 @@ def create_app(
         )
 
     info_body = InfoResponse(
-        model=_model_info(predictor, model_name),
+        model=_model_info(predictor_info(predictor), model_name),
         options=sorted(options, key=OPTION_FIELDS.index),
         limits={
             "max_body_bytes": settings.max_body_bytes,
