@@ -3,11 +3,13 @@
 * :mod:`florence2.serve.settings`: limits and batching settings (a frozen dataclass).
 * :mod:`florence2.serve.batching`: the dynamic batcher: one inference thread that groups queued
   requests sharing tasks, inputs and decoding options into one ``Florence2.predict`` call.
-* :mod:`florence2.serve.metrics`: counters, gauges and histograms in the Prometheus text format.
-* :mod:`florence2.serve.app`: the FastAPI application (``create_app``) and the static page.
+* :mod:`florence2.serve.requests`: reading, parsing and checking a prediction request.
+* :mod:`florence2.serve.metrics`: the Prometheus metrics (``prometheus_client``), one registry per app.
+* :mod:`florence2.serve.middleware`: request metrics by route, and the API key check.
+* :mod:`florence2.serve.app`: the FastAPI application (``create_app``), its routes and the static page.
 
-Only ``app`` imports FastAPI; the rest needs nothing beyond the core, so ``import florence2.serve``
-works without the extra.
+``settings``, ``batching`` and ``cli`` need nothing beyond the core, so ``import florence2.serve``
+works without the extra; the other modules need it.
 """
 
 from __future__ import annotations
