@@ -56,7 +56,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from florence2.convert import rasterize_polygons
 from florence2.errors import AnnotationError, require_field
+from florence2.progress import progress_bar
 
 __all__ = [
     "ANNOTATIONS_FILE",
@@ -248,25 +250,10 @@ def _start_at_top(points: np.ndarray) -> np.ndarray:
 
 
 def polygon_mask(points: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(H, W) bool mask of the pixels whose centres lie inside a polygon given in image pixel coordinates.
-
-    Exact even-odd rule (Pillow's rasterizer rounds vertices to whole pixels, which inflates small
-    shapes): for every row of pixel centres, the x of each edge crossing, then a parity count.
-    """
-    mask = np.zeros((height, width), dtype=bool)
-    x0, y0 = np.maximum(np.floor(points.min(0)).astype(int), 0)
-    x1, y1 = np.minimum(np.ceil(points.max(0)).astype(int), [width, height])
-    if x0 >= x1 or y0 >= y1:
-        return mask
-    ys = np.arange(y0, y1) + 0.5
-    xs = np.arange(x0, x1) + 0.5
-    a, b = points, np.roll(points, -1, axis=0)
-    ya, yb = a[:, 1:2], b[:, 1:2]  # (E, 1)
-    crosses = (ya > ys) != (yb > ys)  # (E, rows); horizontal edges never cross
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x_cross = np.where(crosses, a[:, 0:1] + (ys - ya) * (b[:, 0:1] - a[:, 0:1]) / (yb - ya), -np.inf)
-    mask[y0:y1, x0:x1] = np.count_nonzero(xs[None, None, :] < x_cross[:, :, None], axis=0) % 2 == 1
-    return mask
+    """(H, W) bool mask of the pixels whose centres lie inside a polygon given as ``(N, 2)`` image pixel
+    coordinates: :func:`florence2.convert.rasterize_polygons`, the package's one rasteriser (exact
+    even-odd rule; Pillow's rasterizer rounds vertices to whole pixels, which inflates small shapes)."""
+    return rasterize_polygons(np.asarray(points, dtype=np.float64).reshape(-1), (width, height))
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -923,15 +910,7 @@ def write_split(
     digits = max(6, len(str(max(0, num_images - 1))))
     jobs = [(config, seed, i, f"{i:0{digits}d}.png", str(out)) for i in range(num_images)]
 
-    bar = None
-    if progress:
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=num_images, desc=f"writing {out}", unit="img")
-        except ImportError:
-            pass
-
+    bar = progress_bar(num_images, enabled=progress, unit="img", desc=f"writing {out}")
     tmp = out / (ANNOTATIONS_FILE + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         if workers > 1:
@@ -943,13 +922,11 @@ def write_split(
         try:
             for record in records:  # in index order, which is name order
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
-            if bar is not None:
-                bar.close()
+            bar.close()
     tmp.replace(out / ANNOTATIONS_FILE)
     world = {"seed": seed, "num_images": num_images, "config": asdict(config)}
     (out / WORLD_FILE).write_text(json.dumps(world, indent=2) + "\n", encoding="utf-8")
