@@ -65,7 +65,8 @@ from florence2.eval.metrics import (
     rec_accuracy,
     segmentation_scores,
 )
-from florence2.eval.runner import Answer, Predictor, ProgressBar, Request, answer_requests, chunks
+from florence2.eval.runner import Answer, Predictor, Request, answer_requests, chunks
+from florence2.progress import progress_bar
 from florence2.tasks import get_task
 
 __all__ = [
@@ -104,7 +105,7 @@ def predict_samples(
     token = get_task(task).token
     decoding = dict(decoding or {})
     answers: list[Answer | None] = [None] * len(samples)
-    bar = ProgressBar(len(samples), progress, unit="sample", desc=token)
+    bar = progress_bar(len(samples), enabled=progress, unit="sample", desc=token)
     seconds = 0.0
     try:
         for chunk in chunks(range(len(samples)), max(_IMAGES_PER_STEP, batch_size)):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["Answer", "Predictor", "ProgressBar", "Request", "answer_requests", "chunks"]
+__all__ = ["Answer", "Predictor", "Request", "answer_requests", "chunks"]
 
 
 class Predictor(Protocol):
@@ -94,25 +94,3 @@ def answer_requests(
             answers[Request(i, task, text)] = _answer(result, task)
         advance(len(pairs))
     return answers
-
-
-class ProgressBar:
-    """A tqdm bar when asked for and installed, else nothing."""
-
-    def __init__(self, total: int, enabled: bool, unit: str = "query", desc: str = "evaluating") -> None:
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, unit=unit, desc=desc)
-            except ImportError:
-                pass
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

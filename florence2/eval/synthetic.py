@@ -59,9 +59,10 @@ from florence2.eval.metrics import (
     polygon_iou,
     referring_miou,
 )
-from florence2.eval.runner import Predictor, ProgressBar, Request, answer_requests, chunks
+from florence2.eval.runner import Predictor, Request, answer_requests, chunks
 from florence2.image import load_image
 from florence2.parsing import BANNED_GROUNDING_PHRASES
+from florence2.progress import progress_bar
 from florence2.tasks import TASKS, get_task
 
 __all__ = [
@@ -333,7 +334,7 @@ def evaluate_synthetic(
     decoding = dict(decoding or {})
 
     queries = [[(e, text, truth) for e in evals for text, truth in e.queries(r)] for r in records]
-    bar = ProgressBar(sum(map(len, queries)), progress)
+    bar = progress_bar(sum(map(len, queries)), enabled=progress, unit="query", desc="evaluating")
     outcomes: dict[str, list[Outcome]] = {e.task: [] for e in evals}
     lines: list[dict[str, Any]] = []
     seconds = 0.0
