@@ -124,7 +124,7 @@ class OursRunner:
     ) -> list[torch.Tensor]:
         """What ``Florence2.predict(image, [tasks])`` does: one vision encoding, then the prompts
         right-padded into one batch for the language encoder and greedy decoding."""
-        from florence2.generation import DecodingOptions, generate
+        from florence2.generation import DecodingOptions, search
 
         options = DecodingOptions.for_model(
             self.model.config, num_beams=1, max_new_tokens=new_tokens, no_repeat_ngram_size=NO_REPEAT_NGRAM
@@ -137,7 +137,7 @@ class OursRunner:
             mask[row, : prompt.shape[1]] = 1
         features = self.model.encode_image(pixel_values)
         memory, memory_mask = self.model.encode(features.expand(len(prompts), -1, -1), ids, mask)
-        sequences = generate(self.model, memory, memory_mask, options).sequences
+        sequences = search(self.model, memory, memory_mask, options).sequences
         return [sequences[row : row + 1] for row in range(len(prompts))]
 
 

@@ -22,7 +22,7 @@ import torch
 from florence2 import Florence2
 from florence2.data.synthetic import WorldConfig, read_split, write_split
 from florence2.eval.metrics import coco_detection_map
-from florence2.generation import generate
+from florence2.generation import search
 from florence2.image import load_image
 
 TASKS = ("<OD>", "<CAPTION>", "<OCR>")
@@ -33,7 +33,7 @@ def generated_ids(f2: Florence2, images: list, task: str, features: torch.Tensor
     prompts = [f2.processor.build_prompt(task, None, None, size) for size in sizes]
     input_ids, mask = f2.processor.tokenize(prompts, f2.num_image_tokens)
     memory, memory_mask = f2.model.encode(features, input_ids, mask)
-    out = generate(f2.model, memory, memory_mask, f2.decoding_options())
+    out = search(f2.model, memory, memory_mask, f2.decoding_options())
     rows = []
     for row in out.sequences.tolist():
         end = (

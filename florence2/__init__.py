@@ -2,7 +2,7 @@
 
 from florence2.config import VARIANTS, Florence2Config, TextConfig, VisionConfig
 from florence2.errors import CheckpointError, Florence2Error, ImageLoadError, TaskError
-from florence2.generation import DecodingOptions
+from florence2.generation import DecodingOptions, generate
 from florence2.image import ImageProcessor, load_image
 from florence2.model.florence2 import Florence2Model
 from florence2.pipeline import Florence2
@@ -31,6 +31,7 @@ __all__ = [
     "TextConfig",
     "VisionConfig",
     "draw_result",
+    "generate",
     "get_task",
     "load_image",
     "load_model",

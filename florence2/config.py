@@ -13,7 +13,7 @@ Both are read into the same :class:`Florence2Config`; checkpoints we write use t
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from florence2.errors import CheckpointError
@@ -215,142 +215,74 @@ def variant(
 
 
 # ---------------------------------------------------------------------------------------------
-# config.json of both layouts
+# Decoding settings
 # ---------------------------------------------------------------------------------------------
 
-_TEXT_FIELDS = {f.name for f in dataclasses.fields(TextConfig)}
+# the decoding settings a checkpoint's generation_config.json may carry (and override defaults with)
+CHECKPOINT_SETTINGS = ("num_beams", "no_repeat_ngram_size", "length_penalty", "early_stopping")
 
 
-def _tuple(value: Any) -> tuple:
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+@dataclass(frozen=True)
+class DecodingOptions:
+    """Decoding settings. Defaults are the official Florence-2 generation config."""
 
+    num_beams: int = 3
+    max_new_tokens: int = 1024
+    no_repeat_ngram_size: int = 3
+    length_penalty: float = 1.0
+    early_stopping: bool = True
+    # token ids and the position limit come from the model's TextConfig (``for_model``)
+    decoder_start_token_id: int = TextConfig.decoder_start_token_id
+    bos_token_id: int | None = TextConfig.bos_token_id  # forced as the first generated token
+    eos_token_id: int = TextConfig.eos_token_id  # ends a sequence; forced as the last token at max_length
+    pad_token_id: int = TextConfig.pad_token_id
+    max_length: int = TextConfig.max_position_embeddings  # decoder positions, start token included
 
-def config_from_dict(data: dict[str, Any]) -> Florence2Config:
-    """Read the ``config.json`` of either public layout (detected by ``dim_embed`` vs ``embed_dim``)."""
-    if not isinstance(data, dict) or "vision_config" not in data or "text_config" not in data:
-        raise CheckpointError("config.json must have 'vision_config' and 'text_config' sections")
-    v = data["vision_config"] or {}
-    t = data["text_config"] or {}
-    if "dim_embed" in v:  # original Microsoft layout
-        dims = v["dim_embed"]
-        max_pos = (v.get("image_pos_embed") or {}).get("max_pos_embeddings", 50)
-        max_temporal = (v.get("visual_temporal_embedding") or {}).get("max_temporal_embeddings", 100)
-        sources = v.get("image_feature_source", ["spatial_avg_pool", "temporal_avg_pool"])
-        if list(sources) != ["spatial_avg_pool", "temporal_avg_pool"]:
-            raise CheckpointError(f"unsupported image_feature_source {sources}")
-        pos_type = (v.get("image_pos_embed") or {}).get("type", "learned_abs_2d")
-        temporal_type = (v.get("visual_temporal_embedding") or {}).get("type", "COSINE")
-        if pos_type != "learned_abs_2d" or temporal_type != "COSINE":
-            raise CheckpointError(f"unsupported image embeddings {pos_type!r}/{temporal_type!r}")
-    elif "embed_dim" in v:  # native transformers layout
-        dims = v["embed_dim"]
-        max_pos = v.get("max_position_embeddings", 50)
-        max_temporal = v.get("max_temporal_embeddings", 100)
-    else:
-        raise CheckpointError("vision_config has neither 'dim_embed' (original) nor 'embed_dim' (native)")
-    defaults = VisionConfig()
-    try:
-        vision = VisionConfig(
-            embed_dims=_tuple(dims),
-            depths=_tuple(v.get("depths", defaults.depths)),
-            num_heads=_tuple(v.get("num_heads", defaults.num_heads)),
-            num_groups=_tuple(v.get("num_groups", v.get("num_heads", defaults.num_groups))),
-            patch_size=_tuple(v.get("patch_size", defaults.patch_size)),
-            patch_stride=_tuple(v.get("patch_stride", defaults.patch_stride)),
-            patch_padding=_tuple(v.get("patch_padding", defaults.patch_padding)),
-            patch_prenorm=tuple(bool(x) for x in _tuple(v.get("patch_prenorm", defaults.patch_prenorm))),
-            window_size=int(v.get("window_size", defaults.window_size)),
-            mlp_ratio=float(v.get("mlp_ratio", defaults.mlp_ratio)),
-            qkv_bias=bool(v.get("qkv_bias", defaults.qkv_bias)),
-            drop_path_rate=float(v.get("drop_path_rate", defaults.drop_path_rate)),
-            in_channels=int(v.get("in_channels", defaults.in_channels)),
-            max_pos_embeddings=int(max_pos),
-            max_temporal_embeddings=int(max_temporal),
+    def __post_init__(self) -> None:
+        if self.num_beams < 1:
+            raise ValueError("num_beams must be >= 1")
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError("no_repeat_ngram_size must be >= 0")
+
+    @classmethod
+    def for_model(cls, config: Florence2Config, **overrides) -> DecodingOptions:
+        """Options with the model's special-token ids and position limit, then ``overrides``."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"unknown decoding option(s) {unknown}; valid: {sorted(known)}")
+        t = config.text
+        base = cls(
+            decoder_start_token_id=t.decoder_start_token_id,
+            bos_token_id=t.bos_token_id,
+            eos_token_id=t.eos_token_id,
+            pad_token_id=t.pad_token_id,
+            max_length=t.max_position_embeddings,
         )
-        text = TextConfig(**{k: t[k] for k in _TEXT_FIELDS if k in t})
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"malformed config.json: {e}") from e
-    if t.get("normalize_before") or t.get("add_final_layer_norm"):
-        raise CheckpointError("pre-LayerNorm BART variants are not Florence-2 checkpoints")
-    projection_dim = v.get("projection_dim", data.get("projection_dim", text.d_model))
-    if projection_dim != text.d_model:
-        raise CheckpointError(f"projection_dim {projection_dim} != text d_model {text.d_model}")
-    return Florence2Config(vision=vision, text=text, image_token_id=int(data.get("image_token_id", 51289)))
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
+    @classmethod
+    def settings_from_generation_config(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The decoding settings a checkpoint's ``generation_config.json`` may set (:data:`CHECKPOINT_SETTINGS`)."""
+        return {k: data[k] for k in CHECKPOINT_SETTINGS if k in data and data[k] is not None}
 
-def config_to_native_dict(config: Florence2Config) -> dict[str, Any]:
-    """The ``config.json`` that ``transformers.Florence2ForConditionalGeneration`` reads."""
-    v, t = config.vision, config.text
-    text = {k: getattr(t, k) for k in sorted(_TEXT_FIELDS)}
-    text.update(
-        model_type="bart", forced_eos_token_id=t.eos_token_id, tie_word_embeddings=True, is_encoder_decoder=True
-    )
-    return {
-        "architectures": ["Florence2ForConditionalGeneration"],
-        "model_type": "florence2",
-        "image_token_id": config.image_token_id,
-        "is_encoder_decoder": True,
-        "tie_word_embeddings": True,
-        "text_config": text,
-        "vision_config": {
-            "model_type": "florence_vision",
-            "in_channels": v.in_channels,
-            "depths": list(v.depths),
-            "patch_size": list(v.patch_size),
-            "patch_stride": list(v.patch_stride),
-            "patch_padding": list(v.patch_padding),
-            "patch_prenorm": list(v.patch_prenorm),
-            "embed_dim": list(v.embed_dims),
-            "num_heads": list(v.num_heads),
-            "num_groups": list(v.num_groups),
-            "window_size": v.window_size,
-            "drop_path_rate": v.drop_path_rate,
-            "mlp_ratio": v.mlp_ratio,
-            "qkv_bias": v.qkv_bias,
-            "activation_function": "gelu",
-            "projection_dim": config.projection_dim,
-            "max_position_embeddings": v.max_pos_embeddings,
-            "max_temporal_embeddings": v.max_temporal_embeddings,
-        },
-    }
+    def generation_config(self) -> dict[str, Any]:
+        """The ``generation_config.json`` of a checkpoint decoded with these options (transformers' keys)."""
+        return {
+            "bos_token_id": self.bos_token_id,
+            "decoder_start_token_id": self.decoder_start_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "forced_bos_token_id": self.bos_token_id,
+            "forced_eos_token_id": self.eos_token_id,
+            "early_stopping": self.early_stopping,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
+            "num_beams": self.num_beams,
+        }
 
-
-def config_to_original_dict(config: Florence2Config) -> dict[str, Any]:
-    """The ``config.json`` of the original Microsoft remote-code layout (used to test that loader)."""
-    v, t = config.vision, config.text
-    text = {k: getattr(t, k) for k in sorted(_TEXT_FIELDS)}
-    text.update(
-        model_type="florence2_language",
-        forced_bos_token_id=t.bos_token_id,
-        forced_eos_token_id=t.eos_token_id,
-        no_repeat_ngram_size=3,
-        early_stopping=True,
-        num_beams=3,
-    )
-    return {
-        "architectures": ["Florence2ForConditionalGeneration"],
-        "model_type": "florence2",
-        "projection_dim": config.projection_dim,
-        "vocab_size": t.vocab_size,
-        "ignore_index": -100,
-        "is_encoder_decoder": True,
-        "text_config": text,
-        "vision_config": {
-            "model_type": "davit",
-            "drop_path_rate": v.drop_path_rate,
-            "patch_size": list(v.patch_size),
-            "patch_stride": list(v.patch_stride),
-            "patch_padding": list(v.patch_padding),
-            "patch_prenorm": list(v.patch_prenorm),
-            "enable_checkpoint": False,
-            "dim_embed": list(v.embed_dims),
-            "num_heads": list(v.num_heads),
-            "num_groups": list(v.num_groups),
-            "depths": list(v.depths),
-            "window_size": v.window_size,
-            "projection_dim": config.projection_dim,
-            "visual_temporal_embedding": {"type": "COSINE", "max_temporal_embeddings": v.max_temporal_embeddings},
-            "image_pos_embed": {"type": "learned_abs_2d", "max_pos_embeddings": v.max_pos_embeddings},
-            "image_feature_source": ["spatial_avg_pool", "temporal_avg_pool"],
-        },
-    }
+    @property
+    def total_length(self) -> int:
+        """Decoder length bound: start token + new tokens, within the decoder's positions."""
+        return min(1 + self.max_new_tokens, self.max_length)

@@ -13,64 +13,65 @@ transformers' ``generate`` for this model, so the same weights give the same ids
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
-from florence2.config import Florence2Config
+from florence2.config import DecodingOptions, Florence2Config
 
-if TYPE_CHECKING:
-    from florence2.model.florence2 import Florence2Model
+__all__ = [
+    "DecoderCache",
+    "DecodingOptions",
+    "EncoderDecoder",
+    "GenerationOutput",
+    "Seq2SeqDecoder",
+    "beam_search",
+    "generate",
+    "greedy_search",
+    "search",
+]
+
+
+class DecoderCache(Protocol):
+    """A decoder's key/value cache for a batch of rows."""
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep row ``rows[i]`` as row ``i`` (beam search moves each beam's history with it)."""
+
+
+class Seq2SeqDecoder(Protocol):
+    """What the search needs of a model: a cache, and next-token logits given the last ids.
+
+    :class:`~florence2.model.florence2.Florence2Model` is one; any backend that runs the same decoder
+    (e.g. another runtime's sessions behind these two methods) is another."""
+
+    def new_cache(self, memory: torch.Tensor, memory_mask: torch.Tensor | None, max_length: int) -> DecoderCache: ...
+
+    def decode(
+        self,
+        decoder_input_ids: torch.Tensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor | None,
+        cache: DecoderCache | None,
+    ) -> torch.Tensor:
+        """(N, L) ids continuing the cached prefix -> (N, L, V) logits."""
+        ...
+
+
+class EncoderDecoder(Seq2SeqDecoder, Protocol):
+    """A whole Florence-2: images and prompt ids to encoder memory, then the decoder above."""
+
+    config: Florence2Config
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor: ...
+
+    def encode(
+        self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 _NEG = -1.0e9  # "impossible" score used by the reference beam search bookkeeping
-
-
-@dataclass(frozen=True)
-class DecodingOptions:
-    """Decoding settings. Defaults are the official Florence-2 generation config."""
-
-    num_beams: int = 3
-    max_new_tokens: int = 1024
-    no_repeat_ngram_size: int = 3
-    length_penalty: float = 1.0
-    early_stopping: bool = True
-    decoder_start_token_id: int = 2
-    bos_token_id: int | None = 0  # forced as the first generated token
-    eos_token_id: int = 2  # ends a sequence; forced as the last token when max_length is reached
-    pad_token_id: int = 1
-    max_length: int = 1024  # decoder positions, start token included
-
-    def __post_init__(self) -> None:
-        if self.num_beams < 1:
-            raise ValueError("num_beams must be >= 1")
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
-        if self.no_repeat_ngram_size < 0:
-            raise ValueError("no_repeat_ngram_size must be >= 0")
-
-    @classmethod
-    def for_model(cls, config: Florence2Config, **overrides) -> DecodingOptions:
-        """Options with the model's special-token ids and position limit, then ``overrides``."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise TypeError(f"unknown decoding option(s) {unknown}; valid: {sorted(known)}")
-        t = config.text
-        base = cls(
-            decoder_start_token_id=t.decoder_start_token_id,
-            bos_token_id=t.bos_token_id,
-            eos_token_id=t.eos_token_id,
-            pad_token_id=t.pad_token_id,
-            max_length=t.max_position_embeddings,
-        )
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
-
-    @property
-    def total_length(self) -> int:
-        """Decoder length bound: start token + new tokens, within the decoder's positions."""
-        return min(1 + self.max_new_tokens, self.max_length)
 
 
 @dataclass
@@ -121,8 +122,27 @@ def apply_filters(tokens: torch.Tensor, scores: torch.Tensor, options: DecodingO
 # --- search ---------------------------------------------------------------------------------------
 
 
+@torch.inference_mode()
 def generate(
-    model: Florence2Model, memory: torch.Tensor, memory_mask: torch.Tensor | None, options: DecodingOptions
+    model: EncoderDecoder,
+    pixel_values: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    **decoding: Any,
+) -> torch.Tensor:
+    """Token ids (B, L) from images and prompt ids, starting with the decoder start token, as
+    transformers' ``model.generate`` gives them.
+
+    ``input_ids``: the prompts' ids (``<s> prompt </s>``, right-padded, no image placeholders);
+    ``decoding``: fields of :class:`DecodingOptions` (num_beams, max_new_tokens,
+    no_repeat_ngram_size, length_penalty, early_stopping, ...)."""
+    options = DecodingOptions.for_model(model.config, **decoding)
+    memory, memory_mask = model.encode(model.encode_image(pixel_values), input_ids, attention_mask)
+    return search(model, memory, memory_mask, options).sequences
+
+
+def search(
+    model: Seq2SeqDecoder, memory: torch.Tensor, memory_mask: torch.Tensor | None, options: DecodingOptions
 ) -> GenerationOutput:
     """Decode from encoder ``memory`` (B, S, D) (``memory_mask`` (B, S), 1 = real token, or None)."""
     if options.num_beams == 1:
@@ -131,11 +151,11 @@ def generate(
 
 
 def greedy_search(
-    model: Florence2Model, memory: torch.Tensor, memory_mask: torch.Tensor | None, options: DecodingOptions
+    model: Seq2SeqDecoder, memory: torch.Tensor, memory_mask: torch.Tensor | None, options: DecodingOptions
 ) -> GenerationOutput:
     B = memory.shape[0]
     L = options.total_length
-    cache = model.language_model.decoder.new_cache(memory, memory_mask, L)
+    cache = model.new_cache(memory, memory_mask, L)
     tokens = memory.new_full((B, L), options.pad_token_id, dtype=torch.long)
     tokens[:, 0] = options.decoder_start_token_id
     logprobs = memory.new_zeros((B, L), dtype=torch.float32)
@@ -159,7 +179,7 @@ def greedy_search(
 
 
 def beam_search(
-    model: Florence2Model, memory: torch.Tensor, memory_mask: torch.Tensor | None, options: DecodingOptions
+    model: Seq2SeqDecoder, memory: torch.Tensor, memory_mask: torch.Tensor | None, options: DecodingOptions
 ) -> GenerationOutput:
     """Vectorised beam search: all beams of all items go through the decoder as one batch."""
     B, K = memory.shape[0], options.num_beams
@@ -169,7 +189,7 @@ def beam_search(
     # every beam of an item shares the item's memory
     memory = memory.repeat_interleave(K, dim=0)
     memory_mask = None if memory_mask is None else memory_mask.repeat_interleave(K, dim=0)
-    cache = model.language_model.decoder.new_cache(memory, memory_mask, L)
+    cache = model.new_cache(memory, memory_mask, L)
 
     # running hypotheses (B, K, L) and their scores; only beam 0 is live at the start
     run_tokens = torch.full((B, K, L), options.pad_token_id, dtype=torch.long, device=dev)

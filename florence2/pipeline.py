@@ -17,19 +17,17 @@ from typing import Any
 
 import torch
 
-from florence2.errors import CheckpointError, TaskError, read_checkpoint_json
-from florence2.generation import DecodingOptions, generate
+from florence2.errors import CheckpointError, TaskError
+from florence2.generation import DecodingOptions, search
 from florence2.image import ImageSource
 from florence2.model.florence2 import Florence2Model
 from florence2.processor import Florence2Processor
 from florence2.quantization import QUANTIZATION_MODES, quantize_int8
 from florence2.scoring import TokenScores, filter_result, sequence_score
 from florence2.tasks import task_inputs
-from florence2.weights import load_model, resolve_checkpoint, save_model
+from florence2.weights import load_model, read_generation_settings, resolve_checkpoint, save_model
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "model"
-# decoding settings a checkpoint's generation_config.json may carry
-_GENERATION_KEYS = ("num_beams", "no_repeat_ngram_size", "length_penalty", "early_stopping")
 # keyword options of ``Florence2.predict`` other than the decoding options
 PREDICT_OPTIONS = frozenset({"batch_size", "progress", "score_threshold", "nms_iou"})
 
@@ -39,14 +37,6 @@ def default_model_path() -> Path:
     if not (DEFAULT_MODEL_DIR / "config.json").is_file():
         raise CheckpointError(f"no embedded model in this installation ({DEFAULT_MODEL_DIR}); pass a checkpoint path")
     return DEFAULT_MODEL_DIR
-
-
-def _generation_defaults(folder: Path) -> dict[str, Any]:
-    path = folder / "generation_config.json"
-    if not path.is_file():
-        return {}
-    data = read_checkpoint_json(path)
-    return {k: data[k] for k in _GENERATION_KEYS if k in data and data[k] is not None}
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -86,7 +76,7 @@ class Florence2:
         if quantize == "int8":
             model = quantize_int8(model)
         processor = Florence2Processor.from_pretrained(folder, model.config.text.max_position_embeddings)
-        predictor = cls(model, processor, _generation_defaults(folder))
+        predictor = cls(model, processor, read_generation_settings(folder))
         predictor.quantized = quantize
         return predictor
 
@@ -192,7 +182,7 @@ class Florence2:
             if len(rows) > len(sizes):
                 features = features[torch.tensor([i for i, *_ in rows], device=device)]
             memory, memory_mask = self.model.encode(features, input_ids.to(device), mask.to(device))
-            out = generate(self.model, memory, memory_mask, options)
+            out = search(self.model, memory, memory_mask, options)
         sequences, logprobs = out.sequences.cpu(), out.token_logprobs.cpu()
         texts = self.processor.batch_decode(sequences)
         for row, ((i, task, _, _), answer) in enumerate(zip(rows, texts)):

@@ -1,11 +1,7 @@
-"""Checkpoints: read both public layouts into our model strictly, and write the native layout.
+"""Checkpoints: read every registered layout into our model strictly, and write the native layout.
 
-Layouts (detected by a sentinel key):
-
-* native transformers (``florence-community/*``): ``model.vision_tower...``, ``model.language_model...``;
-  our module names equal these minus the ``model.`` prefix, so conversion is a prefix strip.
-* original Microsoft remote code (``microsoft/Florence-2-*``): ``vision_tower.convs.0.proj.weight``,
-  ``image_projection``, ``language_model.model...``: converted by an ordered list of renames.
+The layouts themselves (how each names its tensors and writes its config) are registered in
+:mod:`florence2.layouts`; this module reads and writes the files.
 
 Tied copies of the token embedding (``lm_head``, ``encoder/decoder.embed_tokens``) are accepted
 and checked against ``shared``; a checkpoint we write stores ``shared`` only, as transformers does.
@@ -23,18 +19,47 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-from florence2.config import Florence2Config, config_from_dict, config_to_native_dict
+from florence2.config import CHECKPOINT_SETTINGS, DecodingOptions, Florence2Config
 from florence2.errors import CheckpointError, read_checkpoint_json
+from florence2.layouts import (
+    WRITTEN_LAYOUT,
+    StateDict,
+    config_from_dict,
+    convert_native,
+    convert_original,
+    convert_state_dict,
+    detect_layout,
+)
 from florence2.model.florence2 import Florence2Model, sinusoid_table
+from florence2.quantization import is_quantized
 
-if TYPE_CHECKING:
-    from florence2.processor import Florence2Processor
+__all__ = [
+    "CHECKPOINT_SETTINGS",
+    "StateDict",
+    "convert_native",
+    "convert_original",
+    "convert_state_dict",
+    "detect_layout",
+    "generation_config_dict",
+    "load_model",
+    "load_state_dict_strict",
+    "native_state_dict",
+    "read_config",
+    "read_generation_settings",
+    "read_weights",
+    "resolve_checkpoint",
+    "save_model",
+]
 
-StateDict = dict[str, torch.Tensor]
+
+class WritesFiles(Protocol):
+    """Anything that adds its files to a checkpoint folder (a processor: tokenizer, preprocessor)."""
+
+    def save_pretrained(self, folder: Path, image_seq_length: int | None = None) -> None: ...
 
 _EMBED = "language_model.shared.weight"
 # keys that are the token embedding under other names (weight tying)
@@ -44,71 +69,6 @@ _TIED_ALIASES = (
     "language_model.decoder.embed_tokens.weight",
 )
 _TEMPORAL = "multi_modal_projector.visual_temporal_embed.pos_idx_to_embed"
-
-# original remote-code names -> ours, applied in order as regex substitutions
-_ORIGINAL_RENAMES: tuple[tuple[str, str], ...] = (
-    (r"^vision_tower\.convs\.(\d+)\.proj\.", r"vision_tower.convs.\1.conv."),
-    (r"\.conv([12])\.fn\.dw\.", r".conv\1."),
-    (r"\.(window_attn|channel_attn)\.norm\.", r".norm1."),
-    (r"\.(window_attn|channel_attn)\.fn\.", r".\1."),
-    (r"\.ffn\.norm\.", r".norm2."),
-    (r"\.ffn\.fn\.net\.", r".ffn."),
-    (r"^image_proj_norm\.", r"multi_modal_projector.image_proj_norm."),
-    (r"^image_pos_embed\.", r"multi_modal_projector.image_position_embed."),
-    (r"^visual_temporal_embed\.", r"multi_modal_projector.visual_temporal_embed."),
-    (r"^language_model\.model\.", r"language_model."),
-    (r"^language_model\.lm_head\.", r"lm_head."),
-)
-
-
-def convert_original(state: StateDict) -> StateDict:
-    """Original Microsoft layout -> ours."""
-    out: StateDict = {}
-    for key, value in state.items():
-        if key == "image_projection":
-            # stored as a (D_vision, D_text) matrix used as x @ W; ours is a Linear weight (out, in)
-            out["multi_modal_projector.image_projection.weight"] = value.t().contiguous()
-            continue
-        if key == "language_model.final_logits_bias":
-            # a zero buffer in every released checkpoint; a non-zero one would change the logits
-            if value.abs().max() != 0:
-                raise CheckpointError(
-                    "language_model.final_logits_bias is non-zero; such checkpoints are not supported"
-                )
-            continue
-        for pattern, repl in _ORIGINAL_RENAMES:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
-    return out
-
-
-def convert_native(state: StateDict) -> StateDict:
-    """Native transformers layout -> ours (strip the ``model.`` prefix)."""
-    return {k.removeprefix("model."): v for k, v in state.items()}
-
-
-# sentinel key -> converter; the first sentinel present decides
-_LAYOUTS: tuple[tuple[str, str, Callable[[StateDict], StateDict]], ...] = (
-    ("original", "image_projection", convert_original),
-    ("native", "model.language_model.shared.weight", convert_native),
-    ("native", "model.multi_modal_projector.image_projection.weight", convert_native),
-)
-
-
-def detect_layout(state: StateDict) -> str:
-    for name, sentinel, _ in _LAYOUTS:
-        if sentinel in state:
-            return name
-    raise CheckpointError(
-        "unrecognised checkpoint layout: expected 'image_projection' (original Microsoft) or "
-        f"'model.language_model.shared.weight' (native transformers); first keys: {sorted(state)[:5]}"
-    )
-
-
-def convert_state_dict(state: StateDict) -> StateDict:
-    layout = detect_layout(state)
-    converter = next(fn for name, _, fn in _LAYOUTS if name == layout)
-    return converter(state)
 
 
 def _resolve_ties(state: StateDict) -> StateDict:
@@ -198,6 +158,14 @@ def read_config(folder: Path) -> Florence2Config:
     return config_from_dict(read_checkpoint_json(path))
 
 
+def read_generation_settings(folder: Path) -> dict:
+    """The decoding settings a checkpoint's ``generation_config.json`` sets (none when it has none)."""
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return {}
+    return DecodingOptions.settings_from_generation_config(read_checkpoint_json(path))
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A local checkpoint folder for ``path``: a folder, a weights file inside one, or a hub id."""
     p = Path(path).expanduser()
@@ -283,25 +251,15 @@ def native_state_dict(model: Florence2Model) -> StateDict:
 
 
 def generation_config_dict(config: Florence2Config) -> dict:
-    t = config.text
-    return {
-        "bos_token_id": t.bos_token_id,
-        "decoder_start_token_id": t.decoder_start_token_id,
-        "eos_token_id": t.eos_token_id,
-        "pad_token_id": t.pad_token_id,
-        "forced_bos_token_id": t.bos_token_id,
-        "forced_eos_token_id": t.eos_token_id,
-        "early_stopping": True,
-        "no_repeat_ngram_size": 3,
-        "num_beams": 3,
-    }
+    """The official decoding defaults with ``config``'s token ids, as ``generation_config.json``."""
+    return DecodingOptions.for_model(config).generation_config()
 
 
 def save_model(
     model: Florence2Model,
     folder: str | os.PathLike,
     dtype: torch.dtype | None = None,
-    processor: Florence2Processor | None = None,
+    processor: WritesFiles | None = None,
     extra_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``config.json``, ``generation_config.json`` and ``model.safetensors`` (native layout),
@@ -309,8 +267,6 @@ def save_model(
     written to a temporary sibling folder that then replaces ``folder``. ``extra_files(tmp_folder)``
     may add more files (a trainer's state) before the swap."""
     from safetensors.torch import save_file
-
-    from florence2.quantization import is_quantized
 
     if is_quantized(model):
         raise CheckpointError("this model is quantized for inference; save the float model it was made from")
@@ -323,7 +279,7 @@ def save_model(
         if dtype is not None:
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         save_file({k: v.cpu() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config_to_native_dict(model.config), indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(WRITTEN_LAYOUT.write_config(model.config), indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(generation_config_dict(model.config), indent=2) + "\n")
         if processor is not None:
             processor.save_pretrained(tmp, model.config.num_image_tokens(processor.image_size))

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from florence2.config import Florence2Config, config_to_original_dict, variant
+from florence2.config import Florence2Config, variant
+from florence2.layouts import config_to_original_dict
 from florence2.model.florence2 import Florence2Model
 from florence2.weights import native_state_dict, save_model
 

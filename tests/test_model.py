@@ -7,6 +7,7 @@ import torch
 
 from florence2.config import VARIANTS, Florence2Config
 from florence2.errors import CheckpointError
+from florence2.generation import generate
 from florence2.model.florence2 import Florence2Model
 from florence2.weights import load_model
 from tests.checkpoints import random_model, tiny_config, write_native, write_original
@@ -73,7 +74,7 @@ def test_generated_ids_identical_to_reference(tiny_pair, num_beams, ngram):
             forced_eos_token_id=2,
             **opts,
         )
-        got = ours.generate(px, PROMPTS, attention_mask=MASK, **opts)
+        got = generate(ours, px, PROMPTS, attention_mask=MASK, **opts)
         lengths.add(got.shape[1])
         if got.shape != expected.shape or not torch.equal(got, expected):
             mismatches.append((seed, lp, es, expected.tolist(), got.tolist()))
@@ -196,7 +197,7 @@ def test_too_long_prompt_is_an_error_not_a_truncation():
     model = random_model(tiny_config(max_positions=70))
     px = torch.randn(1, 3, 64, 64)  # 65 image tokens
     with pytest.raises(ValueError, match="exceed"):
-        model.generate(px, torch.tensor([[0, 5, 6, 7, 8, 2]]), num_beams=1, max_new_tokens=2)
+        generate(model, px, torch.tensor([[0, 5, 6, 7, 8, 2]]), num_beams=1, max_new_tokens=2)
 
 
 def test_dropout_and_drop_path_only_in_training():

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from florence2.config import VARIANTS
+from florence2.generation import generate
 from florence2.weights import load_model, save_model
 from tests.checkpoints import random_model
 
@@ -50,5 +51,5 @@ def test_base_logits_and_generation_match_reference(base_pair):
             early_stopping=True,
             **opts,
         )
-        got_ids = ours.generate(px, prompt, max_new_tokens=12, **opts)
+        got_ids = generate(ours, px, prompt, max_new_tokens=12, **opts)
         assert torch.equal(got_ids, exp_ids), (opts, got_ids, exp_ids)

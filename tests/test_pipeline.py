@@ -8,6 +8,7 @@ from PIL import Image
 
 from florence2 import Florence2, Florence2Processor, ImageProcessor, TaskError
 from florence2.cli import main
+from florence2.generation import generate
 from florence2.tasks import TASKS
 from florence2.tokenizer import train_bpe_tokenizer
 from tests.checkpoints import random_model, tiny_config
@@ -106,7 +107,7 @@ def test_input_errors(predictor, images):
 def test_generate_returns_ids_starting_with_the_decoder_start(predictor, images):
     pv = predictor.processor.image_processor(images[:2])
     ids, mask = predictor.processor.tokenizer(["What does the image describe?", "Hi"])
-    out = predictor.model.generate(pv, ids, attention_mask=mask, max_new_tokens=5)
+    out = generate(predictor.model, pv, ids, attention_mask=mask, max_new_tokens=5)
     assert out.shape[0] == 2 and bool((out[:, 0] == 2).all())
     assert out.dtype == torch.long
 

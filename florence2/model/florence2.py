@@ -1,7 +1,8 @@
 """The Florence-2 model: DaViT -> projector -> [image tokens ; prompt] -> BART encoder-decoder -> logits.
 
 ``Florence2Model.forward(pixel_values, input_ids, decoder_input_ids)`` gives logits for teacher
-forcing (and a loss when ``labels`` are given); ``generate`` decodes. ``input_ids`` are the
+forcing (and a loss when ``labels`` are given); ``encode_image``, ``encode``, ``new_cache`` and
+``decode`` are the steps :mod:`florence2.generation` drives to decode. ``input_ids`` are the
 prompt's ids (``<s> prompt </s>``) without any image placeholders: the image tokens are prepended
 inside the model.
 """
@@ -10,16 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from florence2.config import Florence2Config, VisionConfig
-from florence2.generation import DecodingOptions, generate
 from florence2.model.davit import DaViT
 from florence2.model.language import KVCache, LanguageModel
 
@@ -199,6 +197,10 @@ class Florence2Model(nn.Module):
 
     # --- decoding ------------------------------------------------------------------------------
 
+    def new_cache(self, memory: torch.Tensor, memory_mask: torch.Tensor | None, max_length: int) -> KVCache:
+        """An empty decoder cache for ``memory``'s rows, for up to ``max_length`` decoder positions."""
+        return self.language_model.decoder.new_cache(memory, memory_mask, max_length)
+
     def decode(
         self,
         decoder_input_ids: torch.Tensor,
@@ -234,28 +236,6 @@ class Florence2Model(nn.Module):
         if labels is not None:
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
         return Seq2SeqOutput(logits=logits, loss=loss)
-
-    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-        """Write config.json, generation_config.json and model.safetensors in the native layout."""
-        from florence2.weights import save_model  # weights builds models: import at call time
-
-        return save_model(self, folder, dtype=dtype)
-
-    @torch.inference_mode()
-    def generate(
-        self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        **decoding,
-    ) -> torch.Tensor:
-        """Decode token ids (B, L) starting with the decoder start token, like transformers' generate.
-
-        ``decoding``: fields of :class:`florence2.generation.DecodingOptions` (num_beams,
-        max_new_tokens, no_repeat_ngram_size, length_penalty, early_stopping, ...)."""
-        options = DecodingOptions.for_model(self.config, **decoding)
-        memory, memory_mask = self.encode(self.encode_image(pixel_values), input_ids, attention_mask)
-        return generate(self, memory, memory_mask, options).sequences
 
 
 def shift_right(labels: torch.Tensor, start_token_id: int, pad_token_id: int) -> torch.Tensor:

@@ -282,10 +282,10 @@ _PEFT_KEY = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B)(?:\.[^.]+)?\.w
 
 def _our_module_name(path: str, model: nn.Module) -> str | None:
     """A PEFT module path (either checkpoint layout) -> our module name, or None when nothing matches."""
-    from florence2.weights import convert_native, convert_original
+    from florence2.layouts import module_path_layout
 
     probe = {f"{path}.weight": torch.empty(0)}
-    converted = convert_native(probe) if path.startswith("model.") else convert_original(probe)
+    converted = module_path_layout(path).convert_state(probe)
     name = next(iter(converted)).removesuffix(".weight")
     modules = dict(model.named_modules())
     for candidate in (name, f"language_model.{name}"):  # the second: adapters of the language model alone
