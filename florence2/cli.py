@@ -1,34 +1,81 @@
-"""Command line: ``florence2 predict``, ``florence2 train``, ``florence2 eval``, ``florence2 tasks``.
+"""Command line: ``florence2 COMMAND ...``; the commands are registered in :data:`COMMANDS`.
 
 ``florence2 predict IMAGE... --task OD [--task CAPTION] [--text T | --region x0,y0,x1,y1] [--model PATH]
 [--json] [--draw OUT]`` prints results (one JSON object per image and line with ``--json``) and draws
 them on request. Folders given as IMAGE are searched for image files.
+
+Only the module of the command being run is imported, so ``florence2 tasks`` does not load torch,
+and ``florence2 serve`` does not load the training code.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from florence2.errors import Florence2Error
+from florence2.progress import progress_bar
+from florence2.sources import IMAGE_SUFFIXES, find_images
 from florence2.tasks import TASKS, get_task
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+@dataclass(frozen=True)
+class Command:
+    """A ``florence2`` subcommand: its one-line help, and the function that adds its parser.
+
+    ``adder`` is ``"module:function"``; the module is imported only when the command runs (or when
+    every parser is built, e.g. for tests)."""
+
+    help: str
+    adder: str
+
+    def add_to(self, subparsers: Any) -> None:
+        module, function = self.adder.split(":")
+        getattr(importlib.import_module(module), function)(subparsers)
+
+
+COMMANDS: dict[str, Command] = {
+    "predict": Command("run one or more tasks on images", "florence2.cli:add_predict_parser"),
+    "train": Command("train on the synthetic world", "florence2.train.cli:add_train_parser"),
+    "eval": Command("evaluate on the paper's benchmarks or the synthetic world", "florence2.eval.cli:add_eval_parser"),
+    "finetune": Command("fine-tune a checkpoint on your datasets", "florence2.train.cli:add_finetune_parser"),
+    "serve": Command("HTTP API and web page", "florence2.serve.cli:add_serve_parser"),
+    "tasks": Command("list the tasks and their prompts", "florence2.cli:add_tasks_parser"),
+}
 
 
 def _expand_images(paths: Sequence[str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()))
-        else:
-            out.append(p)
+        out.extend(find_images(p) if p.is_dir() else [p])
     return out
+
+
+# --- how ``florence2 predict`` prints a record: one writer per --format ---------------------------
+
+
+def _write_text(record: dict[str, Any], out: TextIO) -> None:
+    print(f"{record['image']} ({record['width']}x{record['height']})", file=out)
+    for task, result in record["results"].items():
+        print(f"  {task}: {json.dumps(result, ensure_ascii=False)}", file=out)
+    out.flush()
+
+
+def _write_json(record: dict[str, Any], out: TextIO) -> None:
+    print(json.dumps(record, ensure_ascii=False), file=out, flush=True)
+
+
+RECORD_WRITERS: dict[str, Callable[[dict[str, Any], TextIO], None]] = {
+    "text": _write_text,  # human-readable, one block per image
+    "json": _write_json,  # one JSON object per image and line (image, width, height, results)
+}
 
 
 def _region(text: str) -> list[float]:
@@ -80,7 +127,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Florence2.from_pretrained(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
     draw_to = _draw_targets(args.draw, images, tasks) if args.draw else {}
     failures = 0
-    progress = _progress(len(images), args.progress)
+    write = RECORD_WRITERS["json" if args.json else args.format]
+    progress = progress_bar(len(images), enabled=args.progress, unit="img")
     for start in range(0, len(images), args.batch_size):
         batch_paths = images[start : start + args.batch_size]
         loaded: list[tuple[int, Path, Any]] = []
@@ -106,12 +154,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
         for (index, path, image), results in zip(loaded, per_image):
             record = {"image": str(path), "width": image.width, "height": image.height, "results": results}
-            if args.json:
-                print(json.dumps(record, ensure_ascii=False), flush=True)
-            else:
-                print(f"{path} ({image.width}x{image.height})")
-                for task, result in results.items():
-                    print(f"  {task}: {json.dumps(result, ensure_ascii=False)}")
+            write(record, sys.stdout)
             for task in tasks:
                 target = draw_to.get((index, task))
                 if target is not None:
@@ -119,24 +162,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress.update(len(batch_paths))
     progress.close()
     return 1 if failures else 0
-
-
-class _NoProgress:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, wanted: bool | None) -> Any:
-    if wanted is False or (wanted is None and (total < 2 or not sys.stderr.isatty())):
-        return _NoProgress()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _NoProgress()
-    return tqdm(total=total, unit="img", file=sys.stderr)
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -153,17 +178,15 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="florence2", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("predict", help="run one or more tasks on images")
+def add_predict_parser(sub: Any) -> None:
+    p = sub.add_parser("predict", help=COMMANDS["predict"].help)
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--task", action="append", type=_task, help="task token (repeatable; default <CAPTION>)")
     p.add_argument("--text", help="text input of grounding / referring / open-vocabulary tasks")
     p.add_argument("--region", type=_region, help="region input x0,y0,x1,y1 in pixels of the image")
     p.add_argument("--model", help="checkpoint folder (either public layout) or hub id; default: embedded model")
-    p.add_argument("--json", action="store_true", help="print one JSON object per image and line")
+    p.add_argument("--format", choices=sorted(RECORD_WRITERS), default="text", help="how results are printed")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image and line (--format json)")
     p.add_argument("--draw", help="write annotated images: a file (one image, one task) or a folder")
     p.add_argument("--num-beams", type=int)
     p.add_argument("--max-new-tokens", type=int)
@@ -182,28 +205,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_predict)
 
-    from florence2.eval.cli import add_eval_parser
-    from florence2.train.cli import add_train_parser
 
-    add_train_parser(sub)
-    add_eval_parser(sub)
-
-    from florence2.train.cli import add_finetune_parser
-
-    add_finetune_parser(sub)  # florence2 finetune: datasets in common formats, freezing, LoRA
-
-    from florence2.serve.cli import add_serve_parser  # FastAPI is imported only when the server runs
-
-    add_serve_parser(sub)
-
-    t = sub.add_parser("tasks", help="list the tasks and their prompts")
+def add_tasks_parser(sub: Any) -> None:
+    t = sub.add_parser("tasks", help=COMMANDS["tasks"].help)
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_tasks)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``florence2`` parser. Given the arguments, only the named command's parser is built (the
+    others are listed by name and help); without them, every command's."""
+    parser = argparse.ArgumentParser(
+        prog="florence2", description="Florence-2: captions, detection, grounding, segmentation and OCR with one model."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    wanted = None if argv is None else next(iter(argv), None)
+    for name, command in COMMANDS.items():
+        if argv is None or name == wanted:
+            command.add_to(sub)
+        else:
+            sub.add_parser(name, help=command.help)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return args.func(args)
     except Florence2Error as e:

@@ -48,6 +48,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from florence2.errors import CheckpointError, ImageLoadError, read_checkpoint_json
+from florence2.sources import IMAGE_SUFFIXES, find_images, is_image_file  # noqa: F401 - re-exported
 
 # Largest image ``load_image`` accepts by default: 100 megapixels (10000 x 10000), above every
 # common camera and scanner output yet far below what would exhaust memory (an RGB image of this
@@ -57,8 +58,6 @@ MAX_IMAGE_PIXELS = 100_000_000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
-# file name endings taken for images when a folder is searched
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray
 
@@ -328,16 +327,6 @@ def load_image(source: ImageSource, max_pixels: int | None = MAX_IMAGE_PIXELS) -
         "image source must be a path, bytes, a binary file object, a PIL image or a numpy array, "
         f"got {type(source).__name__}"
     )
-
-
-def is_image_file(path: Path) -> bool:
-    """True for a file whose name ends in one of :data:`IMAGE_SUFFIXES` (any case)."""
-    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-
-
-def find_images(folder: str | os.PathLike) -> list[Path]:
-    """The image files under ``folder`` (recursively, by :data:`IMAGE_SUFFIXES`), sorted by path."""
-    return sorted(p for p in Path(folder).rglob("*") if is_image_file(p))
 
 
 # ---------------------------------------------------------------------------------------------
