@@ -21,7 +21,7 @@ from florence2.tokenizer import train_bpe_tokenizer
 from florence2.train import TrainConfig, Trainer, collate, indexed_source, lr_at, param_groups
 from florence2.train.cli import add_finetune_parser, add_train_parser
 from florence2.train.finetune import FinetuneConfig
-from florence2.train.trainer import distillation_loss, jitter_locations, location_smoothed_loss
+from florence2.train.losses import distillation_loss, jitter_locations, location_smoothed_loss
 from florence2.weights import read_weights
 from tests.checkpoints import tiny_config
 

@@ -75,17 +75,6 @@ def synthetic_item_fn(world: SyntheticWorld, weights: dict[str, float] | None, s
     return get_item
 
 
-def by_target_length(source: Callable[..., list]) -> Callable[..., list]:
-    """Order each step's items by target length, so that micro-batches (``--grad-accum``) hold
-    targets of similar length and pad less. The step's set of items, hence its loss, is unchanged."""
-
-    def sorted_source(step: int, rank: int, world_size: int, batch_size_per_rank: int) -> list:
-        items = source(step, rank, world_size, batch_size_per_rank)
-        return sorted(items, key=lambda item: len(item["target"] if isinstance(item, dict) else item.target))
-
-    return sorted_source
-
-
 def _tokenizer_corpus(world: SyntheticWorld) -> list[str]:
     texts = [spec.prompt.replace("{input}", "") for spec in TASKS.values()]
     try:
@@ -153,15 +142,9 @@ def _pretrain_vision(
 
 def cmd_train(args: argparse.Namespace) -> int:
     from florence2.pipeline import Florence2
+    from florence2.train.batches import by_target_length, indexed_source
     from florence2.train.distributed import cleanup_distributed
-    from florence2.train.trainer import (
-        CHECKPOINT_NAME,
-        TRAINER_STATE,
-        TrainConfig,
-        Trainer,
-        indexed_source,
-        make_loss_eval,
-    )
+    from florence2.train.trainer import CHECKPOINT_NAME, TRAINER_STATE, TrainConfig, Trainer, make_loss_eval
 
     out = Path(args.out)
     if args.vision_pretrain_steps < 0:

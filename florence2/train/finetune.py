@@ -49,16 +49,9 @@ from florence2.data.formats import (
 from florence2.errors import AnnotationError, TaskError
 from florence2.model.florence2 import Florence2Model
 from florence2.processor import Florence2Processor
-from florence2.train.cli import by_target_length
+from florence2.train.batches import by_target_length, indexed_source
 from florence2.train.lora import LoRAConfig, apply_lora, load_peft_adapter, merged_model
-from florence2.train.trainer import (
-    CHECKPOINT_NAME,
-    TrainConfig,
-    Trainer,
-    check_loss_options,
-    indexed_source,
-    make_loss_eval,
-)
+from florence2.train.trainer import CHECKPOINT_NAME, TrainConfig, Trainer, check_loss_options, make_loss_eval
 
 # group name -> module prefixes (our names) that --freeze turns off
 FREEZE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -98,7 +91,7 @@ class FinetuneConfig:
         on the held-out images (``od_mAP50``, ...).
     long_targets: ``"skip"`` (report and drop) or ``"error"``.
     loc_sigma: train location tokens towards a Gaussian over the bins of this standard deviation
-        (in bins; 0: one-hot), see :func:`florence2.train.trainer.location_smoothed_loss`.
+        (in bins; 0: one-hot), see :func:`florence2.train.losses.location_smoothed_loss`.
     loc_weight: weight of the location tokens' loss against the other tokens' (1: the same).
     anchor_decay: pull the trained weights towards the starting checkpoint's after each step
         (:class:`florence2.train.trainer.TrainConfig`); 0: off.

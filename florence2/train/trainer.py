@@ -6,7 +6,7 @@
 Data comes from ``source(step, rank, world_size, batch_size_per_rank) -> list[item]``, a pure
 function of its arguments: each item is ``{"image": PIL image or path, "prompt": str, "target": str}``
 (or an object with those attributes). Rank r takes items ``[r*b, (r+1)*b)`` of the step's global batch
-(:func:`indexed_source` builds such a source from ``get_item(global_index)``), so
+(:func:`florence2.train.batches.indexed_source` builds such a source from ``get_item(global_index)``), so
 
 * resuming is continuing from a step number: no data-loader state to save;
 * N processes with the same global batch see exactly the items one process sees.
@@ -14,7 +14,8 @@ function of its arguments: each item is ``{"image": PIL image or path, "prompt":
 The loss is the cross-entropy summed over every target token of the global batch (all ranks, all
 accumulation micro-steps) divided by the number of those tokens, so 1 process, N processes and any
 accumulation split compute the same loss and gradient. Dropout is seeded per (seed, step, rank,
-micro-step), so a resumed run draws the same masks as an uninterrupted one.
+micro-step), so a resumed run draws the same masks as an uninterrupted one. The other losses the
+settings can choose are in :mod:`florence2.train.losses`.
 
 Output folder::
 
@@ -58,12 +59,12 @@ from torch import nn
 from florence2.coords import NUM_BINS
 from florence2.model.florence2 import Florence2Model, shift_right
 from florence2.processor import Florence2Processor
+from florence2.train.batches import IGNORE_INDEX, Item, TrainSource, collate
 from florence2.train.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed
 from florence2.train.lora import count_parameters, has_lora, lora_layers, lora_state, merged_model, save_peft_adapter
+from florence2.train.losses import distillation_loss, jitter_locations, location_smoothed_loss
 from florence2.train.plot import plot_metrics
 
-Item = Any  # {"image", "prompt", "target"} mapping or an object with those attributes
-TrainSource = Callable[[int, int, int, int], Sequence[Item]]
 EvalFn = Callable[[Florence2Model, int], dict[str, float]]
 
 CHECKPOINT_NAME = "checkpoint-last"
@@ -73,7 +74,6 @@ ADAPTER_DIR = "adapter"
 TRAINER_STATE = "trainer_state.pt"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
@@ -184,59 +184,6 @@ def check_loss_options(config: Any) -> None:
         raise ValueError(f"loc_jitter must lie in [0, {NUM_BINS}), got {config.loc_jitter}")
 
 
-# --- data ----------------------------------------------------------------------------------------
-
-
-def _field(item: Item, name: str) -> Any:
-    return item[name] if isinstance(item, dict) else getattr(item, name)
-
-
-def collate(
-    items: Sequence[Item],
-    processor: Florence2Processor,
-    num_image_tokens: int | None = None,
-    max_target_length: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """Items -> the keyword arguments of ``Florence2Model.forward``.
-
-    Returns ``pixel_values`` (B, 3, H, W); ``input_ids`` and ``attention_mask`` (B, T): the prompts
-    as the tokenizer encodes them (``<s> prompt </s>``), right-padded; ``labels`` (B, L): the targets
-    likewise (``<s> target </s>``), -100 on padding. The model shifts labels into decoder inputs.
-    ``num_image_tokens`` checks that every prompt fits beside the image tokens.
-    """
-    if not items:
-        raise ValueError("collate needs at least one item")
-    pixel_values = processor.image_processor.preprocess([_field(it, "image") for it in items]).pixel_values
-    prompts = [_field(it, "prompt") for it in items]
-    if num_image_tokens is None:
-        input_ids, attention_mask = processor.tokenizer(prompts)
-    else:
-        input_ids, attention_mask = processor.tokenize(prompts, num_image_tokens)
-    target_ids, target_mask = processor.tokenizer([_field(it, "target") for it in items])
-    labels = target_ids.masked_fill(target_mask == 0, IGNORE_INDEX)
-    limit = max_target_length or processor.max_positions
-    if labels.shape[1] > limit:
-        longest = int(target_mask.sum(1).max())
-        warnings.warn(f"a target of {longest} tokens is cut to {limit} (the decoder's limit)", stacklevel=2)
-    return {
-        "pixel_values": pixel_values,
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": labels[:, :limit],
-    }
-
-
-def indexed_source(get_item: Callable[[int], Item]) -> TrainSource:
-    """A train source from ``get_item(i)`` over an endless sequence: step s's global batch is items
-    ``s*B ... (s+1)*B - 1`` with B = world_size * batch_size_per_rank; rank r takes its r-th slice."""
-
-    def source(step: int, rank: int, world_size: int, batch_size_per_rank: int) -> list[Item]:
-        start = (step * world_size + rank) * batch_size_per_rank
-        return [get_item(start + i) for i in range(batch_size_per_rank)]
-
-    return source
-
-
 # --- optimisation --------------------------------------------------------------------------------
 
 
@@ -251,77 +198,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         if p.requires_grad:
             (no_decay if id(p) in exempt or p.ndim < 2 else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def location_smoothed_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    first_loc_id: int,
-    num_bins: int,
-    sigma: float,
-    loc_weight: float = 1.0,
-) -> torch.Tensor:
-    """Mean token cross-entropy of ``logits`` (B, L, V) against ``labels`` (B, L; -100 ignored) where
-    each location label ``first_loc_id + k`` is replaced by a Gaussian over the ``num_bins`` location
-    tokens centred on bin k (standard deviation ``sigma`` bins, normalised over the bins; ``sigma`` 0
-    keeps the one-hot target). Other tokens keep their one-hot target. Location bins are ordered, and
-    one-hot targets treat a box one bin off as wrong as one 500 bins off; the Gaussian gives the near
-    miss most of the credit (the README reports what it did for training from scratch).
-    ``loc_weight`` scales the location tokens' terms (the mean is still over all tokens): below 1 the
-    words of a target (labels, texts) count for more than its coordinates. With ``sigma`` 0 and
-    ``loc_weight`` 1 this is plain cross-entropy."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    valid = labels != IGNORE_INDEX
-    bins = labels - first_loc_id
-    is_loc = valid & (bins >= 0) & (bins < num_bins)
-    plain = valid & ~is_loc
-    total = -log_probs[plain].gather(-1, labels[plain].unsqueeze(-1)).sum()
-    # a batch without location labels selects nothing here and adds 0
-    if sigma > 0:
-        centres = bins[is_loc].to(log_probs.dtype).unsqueeze(-1)
-        grid = torch.arange(num_bins, device=logits.device, dtype=log_probs.dtype)
-        target = torch.softmax(-0.5 * ((grid - centres) / sigma) ** 2, dim=-1)
-        loc_loss = -(target * log_probs[is_loc][:, first_loc_id : first_loc_id + num_bins]).sum()
-    else:
-        loc_loss = -log_probs[is_loc].gather(-1, labels[is_loc].unsqueeze(-1)).sum()
-    return (total + loc_weight * loc_loss) / valid.sum().clamp(min=1)
-
-
-DISTILL_BIN_TOLERANCE = 25  # a location target the teacher places within this many bins counts as known
-
-
-def distillation_loss(
-    logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, first_loc_id: int, num_bins: int
-) -> torch.Tensor:
-    """KL(teacher || student) of the next-token distributions, summed over the target positions the
-    teacher already gets right and divided by all target tokens (``labels`` != -100), so that it adds
-    to the mean cross-entropy with a comparable weight. Right: a word (any non-location token) the
-    teacher ranks first, or a location whose most likely bin lies within
-    :data:`DISTILL_BIN_TOLERANCE` bins of the target's. Elsewhere (a category the teacher has never
-    seen, and the boxes that follow it, where its context is new to it) the teacher would pull
-    against what the targets teach, and the cross-entropy alone trains."""
-    valid = labels != IGNORE_INDEX
-    bins = labels - first_loc_id
-    is_loc = valid & (bins >= 0) & (bins < num_bins)
-    teacher_log_probs = torch.log_softmax(teacher_logits.float(), dim=-1)
-    guess = teacher_log_probs.argmax(-1)
-    near = (guess - labels).abs() <= DISTILL_BIN_TOLERANCE
-    guess_is_loc = (guess >= first_loc_id) & (guess < first_loc_id + num_bins)
-    keep = (is_loc & guess_is_loc & near) | (valid & ~is_loc & (guess == labels))
-    student = torch.log_softmax(logits.float()[keep], dim=-1)
-    teacher = teacher_log_probs[keep]
-    kl = (teacher.exp() * (teacher - student)).sum()
-    return kl / valid.sum().clamp(min=1)
-
-
-def jitter_locations(ids: torch.Tensor, first_loc_id: int, num_bins: int, max_shift: int) -> torch.Tensor:
-    """``ids`` with every location token moved by a random whole number of bins in
-    ``[-max_shift, max_shift]``, clamped to ``[0, num_bins)``; other tokens unchanged. Draws from
-    torch's global generator (the trainer seeds it per micro-step)."""
-    bins = ids - first_loc_id
-    is_loc = (bins >= 0) & (bins < num_bins)
-    shift = torch.randint(-max_shift, max_shift + 1, ids.shape).to(ids.device)
-    return torch.where(is_loc, (bins + shift).clamp(0, num_bins - 1) + first_loc_id, ids)
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
