@@ -174,23 +174,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         model.vision_tower.requires_grad_(False)
     lr = args.lr if args.lr is not None else (1e-5 if args.model else 1e-3)  # fine-tuning vs from scratch
     config = TrainConfig(
+        **_run_settings(args),
         out_dir=str(out),
         total_steps=args.steps,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
         lr=lr,
-        weight_decay=args.weight_decay,
         warmup_steps=args.warmup if args.warmup is not None else args.steps // 20,
-        clip_norm=args.clip_norm if args.clip_norm > 0 else None,
         eval_every=args.eval_every,
-        save_every=args.save_every,
-        log_every=args.log_every,
-        seed=args.seed,
-        device=args.device,
-        progress=args.progress,
-        loc_sigma=args.loc_sigma,
-        loc_jitter=args.loc_jitter,
-        loc_weight=args.loc_weight,
     )
     get_item = synthetic_item_fn(world, args.tasks, args.seed)
     eval_fn = None
@@ -207,6 +196,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.dist.is_main:
         print(f"checkpoint: {trainer.checkpoint_dir}", file=sys.stderr)
     return 0
+
+
+def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~florence2.train.trainer.RunSettings` that ``train`` and ``finetune`` both take
+    from their options."""
+    return {
+        "batch_size": args.batch_size,
+        "grad_accum": args.grad_accum,
+        "weight_decay": args.weight_decay,
+        "clip_norm": args.clip_norm if args.clip_norm > 0 else None,
+        "loc_sigma": args.loc_sigma,
+        "loc_jitter": args.loc_jitter,
+        "loc_weight": args.loc_weight,
+        "save_every": args.save_every,
+        "log_every": args.log_every,
+        "seed": args.seed,
+        "device": args.device,
+        "progress": args.progress,
+    }
 
 
 def _add_optimizer_options(parser: argparse.ArgumentParser, batch_size: int, lr_help: str, warmup_help: str) -> None:
@@ -324,6 +332,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             targets = tuple(_groups(args.lora_targets))
             lora = LoRAConfig(args.lora_rank, args.lora_alpha, args.lora_dropout, targets, args.lora_rslora)
         config = FinetuneConfig(
+            **_run_settings(args),
             out_dir=args.out,
             data=tuple(args.data or ()),
             model=args.model,
@@ -332,12 +341,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             task_weights=args.task_weights,
             steps=args.steps,
             epochs=args.epochs,
-            batch_size=args.batch_size,
-            grad_accum=args.grad_accum,
             lr=args.lr,
             warmup_steps=args.warmup,
-            weight_decay=args.weight_decay,
-            clip_norm=args.clip_norm if args.clip_norm > 0 else None,
             freeze=tuple(_groups(args.freeze or "")),
             lora=lora,
             adapter=args.adapter,
@@ -350,18 +355,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             best_metric=args.best_metric,
             synthetic_eval=args.synthetic_eval,
             long_targets=args.long_targets,
-            loc_sigma=args.loc_sigma,
-            loc_jitter=args.loc_jitter,
-            loc_weight=args.loc_weight,
             anchor_decay=args.anchor_decay,
             distill=args.distill,
             add_words=tuple(_groups(args.add_words or "")),
             crop=args.crop,
-            save_every=args.save_every,
-            log_every=args.log_every,
-            seed=args.seed,
-            device=args.device,
-            progress=args.progress,
             resume=args.resume,
         )
     except ValueError as e:

@@ -51,7 +51,7 @@ from florence2.model.florence2 import Florence2Model
 from florence2.processor import Florence2Processor
 from florence2.train.batches import by_target_length, indexed_source
 from florence2.train.lora import LoRAConfig, apply_lora, load_peft_adapter, merged_model
-from florence2.train.trainer import CHECKPOINT_NAME, TrainConfig, Trainer, check_loss_options, make_loss_eval
+from florence2.train.trainer import CHECKPOINT_NAME, RunSettings, TrainConfig, Trainer, make_loss_eval
 
 # group name -> module prefixes (our names) that --freeze turns off
 FREEZE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -68,8 +68,11 @@ _LENGTH_EXAMPLES = 5
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
-    """Settings of one fine-tuning run (the ``florence2 finetune`` options).
+class FinetuneConfig(RunSettings):
+    """Settings of one fine-tuning run (the ``florence2 finetune`` options): those below and the
+    :class:`~florence2.train.trainer.RunSettings` (batch, optimizer, bookkeeping and loss settings),
+    which the trainer is given as they are; ``seed`` also seeds the held-out split, the order of the
+    examples, the crops and LoRA's initial adapters.
 
     out_dir: run folder (``checkpoint-last/``, ``best/``, ``metrics.jsonl``, ``finetune.json``).
     data: dataset specs, ``FORMAT:PATH[:PATH][@tasks=A+B,weight=W]`` (see :mod:`florence2.data.formats`).
@@ -90,15 +93,6 @@ class FinetuneConfig:
     synthetic_eval: for ``synthetic`` data, also run :func:`florence2.eval.synthetic.evaluate_synthetic`
         on the held-out images (``od_mAP50``, ...).
     long_targets: ``"skip"`` (report and drop) or ``"error"``.
-    loc_sigma: train location tokens towards a Gaussian over the bins of this standard deviation
-        (in bins; 0: one-hot), see :func:`florence2.train.losses.location_smoothed_loss`.
-    loc_weight: weight of the location tokens' loss against the other tokens' (1: the same).
-    anchor_decay: pull the trained weights towards the starting checkpoint's after each step
-        (:class:`florence2.train.trainer.TrainConfig`); 0: off.
-    loc_jitter: move the location tokens the decoder reads (not the targets) by up to this many
-        bins at random (:class:`florence2.train.trainer.TrainConfig`); 0: off.
-    distill: weight of the KL divergence to the starting model's predictions on the training
-        targets ("learning without forgetting", :class:`florence2.train.trainer.TrainConfig`); 0: off.
     add_words: words (new category names) to give a token of their own before training, as
         ``"arrow"`` (the row starts as the mean of the word's old pieces) or ``"arrow=cross"`` (it
         starts as ``cross``'s); see :func:`add_words`.
@@ -115,18 +109,11 @@ class FinetuneConfig:
     task_weights: Mapping[str, float] | None = None
     steps: int | None = None
     epochs: float = 3.0
-    batch_size: int = 8
-    grad_accum: int = 1
     lr: float | None = None
-    min_lr_ratio: float = 0.0
     warmup_steps: int | None = None
-    weight_decay: float = 0.01
-    clip_norm: float | None = 1.0
     freeze: tuple[str, ...] = ()
     lora: LoRAConfig | None = None
     adapter: str | None = None
-    gradient_checkpointing: bool = False
-    mixed_precision: str = "bf16"
     eval_fraction: float = 0.0
     eval_data: tuple[str, ...] = ()
     eval_every: int | None = None
@@ -135,18 +122,8 @@ class FinetuneConfig:
     best_metric: str | None = None
     synthetic_eval: bool = False
     long_targets: str = "skip"
-    loc_sigma: float = 0.0
-    loc_weight: float = 1.0
-    anchor_decay: float = 0.0
-    loc_jitter: int = 0
-    distill: float = 0.0
     add_words: tuple[str, ...] = ()
     crop: float = 0.0
-    save_every: int = 0
-    log_every: int = 10
-    seed: int = 0
-    device: str | None = None
-    progress: bool = True
     resume: bool = False
 
     def __post_init__(self) -> None:
@@ -157,7 +134,7 @@ class FinetuneConfig:
             raise ValueError(f"long_targets must be 'skip' or 'error', got {self.long_targets!r}")
         if self.eval_fraction and self.eval_data:
             raise ValueError("give eval_fraction or eval_data, not both")
-        check_loss_options(self)
+        super().__post_init__()
         if not 0 <= self.crop <= 1:
             raise ValueError(f"crop must lie in [0, 1] (0: off), got {self.crop}")
         if self.steps is not None and self.steps < 0 or self.epochs <= 0:
@@ -479,29 +456,13 @@ def finetune(config: FinetuneConfig, examples: Sequence[Example] | None = None) 
         eval_every = config.eval_every or max(1, steps // 10)
     lr = config.lr if config.lr is not None else (1e-4 if config.lora is not None else 1e-5)
     train_config = TrainConfig(
+        **config.run_settings(),
         out_dir=str(out),
         total_steps=steps,
-        batch_size=config.batch_size,
-        grad_accum=config.grad_accum,
         lr=lr,
-        min_lr_ratio=config.min_lr_ratio,
-        weight_decay=config.weight_decay,
         warmup_steps=config.warmup_steps if config.warmup_steps is not None else steps // 20,
-        clip_norm=config.clip_norm,
         eval_every=eval_every,
-        save_every=config.save_every,
-        log_every=config.log_every,
-        seed=config.seed,
-        mixed_precision=config.mixed_precision,
-        gradient_checkpointing=config.gradient_checkpointing,
-        device=config.device,
-        progress=config.progress,
         best_metric=(config.best_metric or "loss") if evaluations else None,
-        loc_sigma=config.loc_sigma,
-        loc_weight=config.loc_weight,
-        anchor_decay=config.anchor_decay,
-        loc_jitter=config.loc_jitter,
-        distill=config.distill,
     )
     get_item = mixture.__getitem__
     if config.crop:

@@ -76,30 +76,27 @@ METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation and bookkeeping settings.
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """The settings :class:`TrainConfig` and the fine-tuning config
+    (:class:`florence2.train.finetune.FinetuneConfig`) share, with one meaning in both.
 
     batch_size: the global batch, summed over ranks and accumulation micro-steps; it must divide by
         ``world_size * grad_accum``.
-    warmup_steps, total_steps: the LR rises linearly over the warm-up, then follows a cosine from
-        ``lr`` down to ``lr * min_lr_ratio`` at ``total_steps`` (see :func:`lr_at`).
+    min_lr_ratio: the cosine schedule ends at ``lr * min_lr_ratio`` (see :func:`lr_at`).
     clip_norm: clip the global gradient norm to this (None: no clipping; the norm is still logged).
-    eval_every, save_every, log_every: in optimizer steps; 0 turns evaluation off, and saves happen
-        only at the end. The last step always saves (and evaluates, when eval_every > 0).
+    save_every, log_every: in optimizer steps; with save_every 0 saves happen only at the end. The
+        last step always saves.
     mixed_precision: ``"bf16"`` or ``"fp16"`` autocast on CUDA (fp16 with a dynamic loss scale), or
         ``"no"``; the CPU always runs in float32.
     gradient_checkpointing: recompute activations in the backward pass (less memory, same numbers).
     device: None: ``cuda:LOCAL_RANK`` when available, else CPU.
-    max_target_length: targets are cut to this many tokens (None: the decoder's position limit), with
-        a warning; :mod:`florence2.train.finetune` filters long targets out before they get here.
-    best_metric: an ``eval_fn`` metric (``"loss"`` or ``"eval/loss"``); after each evaluation that
-        improves it the model is saved to ``out_dir/best``. best_mode: ``"min"``, ``"max"`` or
-        ``"auto"`` (min for names holding loss, cer, wer or error; max otherwise).
+    progress: a progress bar on rank 0 (``tqdm``, when installed; else one line per logged step).
     loc_sigma: 0 trains every token with plain cross-entropy. Above 0, a target ``<loc_k>`` is
         trained towards a Gaussian over the location bins centred on k with this standard deviation
         (in bins), so that a prediction a few bins off is rewarded over one far off; see
-        :func:`location_smoothed_loss`. The logged loss is then that cross-entropy.
+        :func:`~florence2.train.losses.location_smoothed_loss`. The logged loss is then that
+        cross-entropy.
     loc_weight: weight of the location tokens' cross-entropy against the other tokens' (1: the same);
         below 1 a fine-tuning run learns labels with less pull on coordinates the model already
         places. The logged loss is then the weighted mean.
@@ -117,24 +114,17 @@ class TrainConfig:
     distill: weight of a distillation term ("learning without forgetting"): the KL divergence from
         the starting model's next-token distribution to the trained model's, at the target
         positions the starting model already gets right (elsewhere, e.g. at a new label, the
-        cross-entropy alone teaches); see :func:`distillation_loss`. The starting
-        model is a frozen copy of the model given to the :class:`Trainer` (on ``resume``, give the
-        same starting checkpoint), run once more per micro-batch without gradients. 0 turns it off;
-        the logged loss is then cross-entropy + ``distill`` x KL.
+        cross-entropy alone teaches); see :func:`~florence2.train.losses.distillation_loss`. The
+        starting model is a frozen copy of the model given to the :class:`Trainer` (on ``resume``,
+        give the same starting checkpoint), run once more per micro-batch without gradients. 0 turns
+        it off; the logged loss is then cross-entropy + ``distill`` x KL.
     """
 
-    out_dir: str = "runs/florence2"
-    total_steps: int = 1000
     batch_size: int = 8
     grad_accum: int = 1
-    lr: float = 1e-4
     min_lr_ratio: float = 0.0
     weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_steps: int = 0
     clip_norm: float | None = 1.0
-    eval_every: int = 0
     save_every: int = 0
     log_every: int = 10
     seed: int = 0
@@ -142,14 +132,49 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     device: str | None = None
     progress: bool = True
-    max_target_length: int | None = None
-    best_metric: str | None = None
-    best_mode: str = "auto"
     loc_sigma: float = 0.0
     loc_weight: float = 1.0
     anchor_decay: float = 0.0
     loc_jitter: int = 0
     distill: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("loc_sigma", "loc_weight", "anchor_decay", "distill"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.loc_jitter < NUM_BINS:
+            raise ValueError(f"loc_jitter must lie in [0, {NUM_BINS}), got {self.loc_jitter}")
+
+    def run_settings(self) -> dict[str, Any]:
+        """The :class:`RunSettings` fields of this config, by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(RunSettings)}
+
+
+@dataclass(frozen=True)
+class TrainConfig(RunSettings):
+    """Optimisation and bookkeeping settings: those below and the :class:`RunSettings`.
+
+    warmup_steps, total_steps: the LR rises linearly over the warm-up, then follows a cosine from
+        ``lr`` down to ``lr * min_lr_ratio`` at ``total_steps`` (see :func:`lr_at`).
+    eval_every: in optimizer steps; 0 turns evaluation off. The last step evaluates when
+        eval_every > 0.
+    max_target_length: targets are cut to this many tokens (None: the decoder's position limit), with
+        a warning; :mod:`florence2.train.finetune` filters long targets out before they get here.
+    best_metric: an ``eval_fn`` metric (``"loss"`` or ``"eval/loss"``); after each evaluation that
+        improves it the model is saved to ``out_dir/best``. best_mode: ``"min"``, ``"max"`` or
+        ``"auto"`` (min for names holding loss, cer, wer or error; max otherwise).
+    """
+
+    out_dir: str = "runs/florence2"
+    total_steps: int = 1000
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    eval_every: int = 0
+    max_target_length: int | None = None
+    best_metric: str | None = None
+    best_mode: str = "auto"
 
     def __post_init__(self) -> None:
         if self.total_steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -162,7 +187,7 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be 'bf16', 'fp16' or 'no', got {self.mixed_precision!r}")
         if self.best_mode not in ("auto", "min", "max"):
             raise ValueError(f"best_mode must be 'auto', 'min' or 'max', got {self.best_mode!r}")
-        check_loss_options(self)
+        super().__post_init__()
         if self.best_metric is not None and self.eval_every == 0:
             raise ValueError("best_metric needs evaluations: set eval_every > 0")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -172,16 +197,6 @@ class TrainConfig:
         if self.best_mode != "auto":
             return self.best_mode == "min"
         return any(word in (self.best_metric or "").lower() for word in ("loss", "cer", "wer", "error"))
-
-
-def check_loss_options(config: Any) -> None:
-    """Validate the loss and regularisation settings :class:`TrainConfig` and the fine-tuning config
-    share (``loc_sigma``, ``loc_weight``, ``anchor_decay``, ``distill``, ``loc_jitter``)."""
-    for name in ("loc_sigma", "loc_weight", "anchor_decay", "distill"):
-        if getattr(config, name) < 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
-    if not 0 <= config.loc_jitter < NUM_BINS:
-        raise ValueError(f"loc_jitter must lie in [0, {NUM_BINS}), got {config.loc_jitter}")
 
 
 # --- optimisation --------------------------------------------------------------------------------
