@@ -59,6 +59,7 @@ from torch import nn
 from florence2.coords import NUM_BINS
 from florence2.model.florence2 import Florence2Model, shift_right
 from florence2.processor import Florence2Processor
+from florence2.progress import ProgressBar, progress_bar
 from florence2.train.batches import IGNORE_INDEX, Item, TrainSource, collate
 from florence2.train.distributed import DistInfo, all_reduce_sum, barrier, setup_distributed
 from florence2.train.lora import count_parameters, has_lora, lora_layers, lora_state, merged_model, save_peft_adapter
@@ -436,9 +437,9 @@ class Trainer:
             self._truncate_metrics(self.step)
         self._run_start = self._window_time = time.perf_counter()
         self._window_start = self.step
-        bar = _ProgressBar(cfg.total_steps, self.step, enabled=main and cfg.progress)
         end = cfg.total_steps if stop_at is None else min(stop_at, cfg.total_steps)
-        try:
+        showing = main and cfg.progress
+        with progress_bar(cfg.total_steps, enabled=showing, unit="step", initial=self.step) as bar:
             for step in range(self.step, end):
                 stats = self.train_step(step)
                 self.step = done = step + 1
@@ -453,16 +454,16 @@ class Trainer:
                 if record:
                     self.history.append(record)
                     if main:
-                        bar.log(record)
+                        if showing:
+                            _show_record(bar, record)
                         self._append_metrics(record)
                 saving = (cfg.save_every > 0 and done % cfg.save_every == 0) or last or done == end
                 if saving:
                     self.save_checkpoint()
                 if main and (evaluated or saving):
                     self.plot()
-                bar.update(stats)
-        finally:
-            bar.close()
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}")
+                bar.update()
         return self.history
 
     def _update_best(self, step: int, metrics: dict[str, float]) -> None:
@@ -636,38 +637,11 @@ def _fingerprint(model: nn.Module) -> list[float]:
     return [float(p.detach().double().sum()) for p in model.parameters()]
 
 
-class _ProgressBar:
-    """tqdm on rank 0 when installed; otherwise one printed line per logged step."""
-
-    def __init__(self, total: int, initial: int, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = None
-        if not enabled:
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            return
-        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr)
-
-    def update(self, stats: dict[str, float]) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{stats['loss']:.4f}", lr=f"{stats['lr']:.2e}", refresh=False)
-            self.bar.update(1)
-
-    def log(self, record: dict[str, Any]) -> None:
-        """Without tqdm print every record; with it only evaluation results (the bar shows the loss)."""
-        if not self.enabled or (self.bar is not None and not any(k.startswith("eval/") for k in record)):
-            return
-        text = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-        if self.bar is not None:
-            self.bar.write(text, file=sys.stderr)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _show_record(bar: ProgressBar, record: dict[str, Any]) -> None:
+    """Without a drawn bar print every record; with one only evaluation results (the bar shows the loss)."""
+    if bar.drawn and not any(k.startswith("eval/") for k in record):
+        return
+    bar.write("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
 
 
 def make_loss_eval(

@@ -32,6 +32,7 @@ from torch import nn
 from florence2.data.synthetic import SyntheticWorld, polygon_mask
 from florence2.model.florence2 import Florence2Model
 from florence2.processor import Florence2Processor
+from florence2.progress import progress_bar
 from florence2.train.trainer import TrainConfig, lr_at
 
 # sub-samples per token side when measuring how much of a token a polygon covers
@@ -173,8 +174,6 @@ def pretrain_vision(
         raise ValueError(f"pretrain_vision needs steps >= 1, batch_size >= 1 and lr > 0: {steps}, {batch_size}, {lr}")
     if colors < 0 or boxes < 0:
         raise ValueError(f"pretrain_vision needs colors >= 0 and boxes >= 0: {colors}, {boxes}")
-    from tqdm.auto import tqdm
-
     tower = model.vision_tower
     classes = token_classes(world.config.categories)
     generator = torch.Generator().manual_seed(seed)
@@ -203,8 +202,8 @@ def pretrain_vision(
     was_training = tower.training
     tower.train()
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc="vision pre-training", disable=not progress, dynamic_ncols=True)
-    for step in bar:
+    bar = progress_bar(steps, enabled=progress, desc="vision pre-training")
+    for step in range(steps):
         scenes = [world.scene(step * batch_size + i) for i in range(batch_size)]
         pixels = processor.image_processor.preprocess([image for image, _ in scenes]).pixel_values
         features = tower(pixels.to(device=model.device, dtype=model.dtype))  # (B, rows, cols, dim)
@@ -251,7 +250,8 @@ def pretrain_vision(
             object_accuracy = float(right[objects].float().mean()) if bool(objects.any()) else float("nan")
         figures = (loss_value, float(right.float().mean()), object_accuracy, color_accuracy, box_error)
         recent = (recent + [figures])[-window:]
-        bar.set_postfix(loss=f"{loss_value:.3f}", objects=f"{object_accuracy:.2f}", refresh=False)
+        bar.set_postfix(loss=f"{loss_value:.3f}", objects=f"{object_accuracy:.2f}")
+        bar.update()
     bar.close()
     tower.train(was_training)
     stats = {
