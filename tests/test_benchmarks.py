@@ -15,6 +15,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from florence2.data.formats import (
+    BenchmarkSample,
+    read_caption_references,
+    read_coco_detection,
+    read_flickr30k,
+    read_ocr_references,
+    read_refcoco_expressions,
+)
 from florence2.errors import AnnotationError
 from florence2.eval import benchmarks
 from florence2.eval import cli as eval_cli
@@ -25,14 +33,6 @@ from florence2.eval.benchmarks import (
     evaluate_ocr,
     evaluate_refcoco,
     predict_samples,
-)
-from florence2.eval.datasets import (
-    Sample,
-    read_captions,
-    read_coco_detection,
-    read_flickr30k,
-    read_ocr,
-    read_refcoco,
 )
 from florence2.eval.metrics import caption_scores, coco_evaluate, java_available, ptb_tokenize
 from florence2.tasks import get_task
@@ -109,14 +109,18 @@ def test_predict_samples_groups_calls_and_passes_options(tmp_path: Path):
     images = write_images(tmp_path, ["a.png", "b.png", "c.png"])
     table = {("b.png", "<OD>", None): {"bboxes": [[0, 0, 1, 1]], "labels": ["x"]}}
     predictor = TablePredictor(table)
-    samples = [Sample(n, images / n) for n in ("a.png", "b.png", "c.png")]
+    samples = [BenchmarkSample(n, images / n) for n in ("a.png", "b.png", "c.png")]
     answers, seconds = predict_samples(predictor, samples, "od", batch_size=2, decoding={"num_beams": 1})
     assert [a.result["labels"] for a in answers] == [[], ["x"], []]
     assert all(a.sequence_score == 0.5 for a in answers) and seconds >= 0
     assert predictor.calls == [{"images": 3, "tasks": ["<OD>"], "text": None, "batch_size": 2, "num_beams": 1}]
     # samples of one task run in one call, each image with its own text; an image asked twice the
     # same thing runs once
-    texts = [Sample("1", images / "a.png", "x"), Sample("2", images / "b.png", "x"), Sample("3", images / "a.png", "y")]
+    texts = [
+        BenchmarkSample("1", images / "a.png", "x"),
+        BenchmarkSample("2", images / "b.png", "x"),
+        BenchmarkSample("3", images / "a.png", "y"),
+    ]
     predictor = TablePredictor({})
     predict_samples(predictor, texts + texts[:1], "<CAPTION_TO_PHRASE_GROUNDING>", decoding={"score_threshold": 0.3})
     assert [(c["images"], c["text"], c["score_threshold"]) for c in predictor.calls] == [(3, ["x", "x", "y"], 0.3)]
@@ -302,15 +306,15 @@ def caption_table(captions: dict[str, str], task="<CAPTION>"):
 def test_caption_formats_read_alike(tmp_path: Path):
     files = caption_files(tmp_path)
     read = {
-        "coco": read_captions(files["coco"], files["images"]),
-        "karpathy": read_captions(files["karpathy"], files["images"], split="test"),
-        "textcaps": read_captions(files["textcaps"], files["images"]),
+        "coco": read_caption_references(files["coco"], files["images"]),
+        "karpathy": read_caption_references(files["karpathy"], files["images"], split="test"),
+        "textcaps": read_caption_references(files["textcaps"], files["images"]),
     }
     for kind, data in read.items():
         assert data.format == kind
         assert {s.image.name: s.truth for s in data.samples} == REFERENCES, kind
     with pytest.raises(AnnotationError, match="splits in the file: test, train"):
-        read_captions(files["karpathy"], files["images"], split="val")
+        read_caption_references(files["karpathy"], files["images"], split="val")
     predictor = caption_table({n: refs[0] for n, refs in REFERENCES.items()})
     figures = [
         evaluate_captions(predictor, files[k], files["images"], java=False)["figures"] for k in ("coco", "textcaps")
@@ -453,14 +457,14 @@ GT_BOXES = {
 
 
 def test_refcoco_reader_pickle_and_json_agree(tmp_path: Path):
-    pickled = read_refcoco(**refcoco_files(tmp_path / "p"))
-    from_json = read_refcoco(**refcoco_files(tmp_path / "j", as_json=True))
+    pickled = read_refcoco_expressions(**refcoco_files(tmp_path / "p"))
+    from_json = read_refcoco_expressions(**refcoco_files(tmp_path / "j", as_json=True))
     assert [(s.id, s.text, s.truth["bbox"]) for s in pickled] == [(s.id, s.text, s.truth["bbox"]) for s in from_json]
     assert [s.id for s in pickled] == ["0:0", "0:1", "1:2", "2:3"] and pickled[3].text == "the box"
     assert pickled[0].size == (40, 30) and pickled[2].truth["bbox"] == [20.0, 10.0, 30.0, 20.0]
-    raw = read_refcoco(**refcoco_files(tmp_path / "r"), sentence_key="raw")
+    raw = read_refcoco_expressions(**refcoco_files(tmp_path / "r"), sentence_key="raw")
     assert raw[0].text == "Left box."
-    test_a = read_refcoco(**refcoco_files(tmp_path / "t"), split="testA")
+    test_a = read_refcoco_expressions(**refcoco_files(tmp_path / "t"), split="testA")
     assert [s.text for s in test_a] == ["other"]
 
 
@@ -608,11 +612,11 @@ def test_ocr_perfect_partial_and_both_layouts(tmp_path: Path):
     # the same ground truth as images with same-name .txt files
     for name, text in truth.items():
         (images / name).with_suffix(".txt").write_text(text)
-    assert [s.truth for s in read_ocr(images=images)] == list(truth.values())
+    assert [s.truth for s in read_ocr_references(images=images)] == list(truth.values())
     assert evaluate_ocr(partial, images=images)["figures"] == summary["figures"]
     # paths default to the annotation file's folder
     shutil.copy(annotations, images / "ocr.jsonl")
-    assert len(read_ocr(images / "ocr.jsonl")) == 2
+    assert len(read_ocr_references(images / "ocr.jsonl")) == 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -658,13 +662,13 @@ def test_malformed_files_of_every_reader(tmp_path: Path):
 
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    fails(r"bad\.json: malformed JSON", lambda: read_coco_detection(bad, images))
-    fails(r"bad\.json: malformed JSON", lambda: read_captions(bad, images))
+    fails(r"bad\.json:1: malformed JSON", lambda: read_coco_detection(bad, images))
+    fails(r"bad\.json:1: malformed JSON", lambda: read_caption_references(bad, images))
     with pytest.raises(FileNotFoundError, match="nowhere.json"):
-        read_captions(tmp_path / "nowhere.json", images)
+        read_caption_references(tmp_path / "nowhere.json", images)
 
     odd = write_json(tmp_path / "odd.json", {"info": {}})
-    fails(r"odd\.json: not a caption file", lambda: read_captions(odd, images))
+    fails(r"odd\.json: not a caption file", lambda: read_caption_references(odd, images))
     captions = write_json(
         tmp_path / "captions_x.json",
         {
@@ -672,20 +676,28 @@ def test_malformed_files_of_every_reader(tmp_path: Path):
             "annotations": [{"image_id": 1, "caption": "x"}, {"image_id": 1}],
         },
     )
-    fails(r"captions_x\.json: annotations\[1\]: missing field 'caption'", lambda: read_captions(captions, images))
-    fails(r"captions_x\.json: --split selects Karpathy", lambda: read_captions(captions, images, split="test"))
+    fails(
+        r"captions_x\.json: annotations\[1\]: missing field 'caption'",
+        lambda: read_caption_references(captions, images),
+    )
+    fails(
+        r"captions_x\.json: --split selects Karpathy", lambda: read_caption_references(captions, images, split="test")
+    )
 
     refcoco = refcoco_files(tmp_path / "ref")
     refs = pickle.loads(refcoco["refs"].read_bytes())
     refs[1].pop("split")
     refcoco["refs"].write_bytes(pickle.dumps(refs))
-    fails(r"refs\(unc\)\.p: refs\[1\]: missing field 'split'", lambda: read_refcoco(**refcoco))
+    fails(r"refs\(unc\)\.p: refs\[1\]: missing field 'split'", lambda: read_refcoco_expressions(**refcoco))
     refs[1]["split"], refs[1]["ann_id"] = "val", 999
     refcoco["refs"].write_bytes(pickle.dumps(refs))
-    fails(r"refs\(unc\)\.p: refs\[1\]\.ann_id: no annotation 999", lambda: read_refcoco(**refcoco))
-    fails(r"no ref of split 'testB'; splits in the file: testA, val", lambda: read_refcoco(**refcoco, split="testB"))
+    fails(r"refs\(unc\)\.p: refs\[1\]\.ann_id: no annotation 999", lambda: read_refcoco_expressions(**refcoco))
+    fails(
+        r"no ref of split 'testB'; splits in the file: testA, val",
+        lambda: read_refcoco_expressions(**refcoco, split="testB"),
+    )
     refcoco["refs"].write_bytes(pickle.dumps([Path("x")]))  # a class inside: refused, not loaded
-    fails(r"refs\(unc\)\.p: not a refs pickle: refusing to load", lambda: read_refcoco(**refcoco))
+    fails(r"refs\(unc\)\.p: not a refs pickle: refusing to load", lambda: read_refcoco_expressions(**refcoco))
 
     flickr = flickr_files(tmp_path / "flickr")
     (flickr["root"] / "Annotations" / "100.xml").write_text("<annotation><size>")
@@ -697,12 +709,12 @@ def test_malformed_files_of_every_reader(tmp_path: Path):
 
     ocr = tmp_path / "ocr.jsonl"
     ocr.write_text('{"image": "a.png", "text": "A"}\n{"image": "a.png"}\n')
-    fails(r"ocr\.jsonl:2: missing field 'text'", lambda: read_ocr(ocr, images))
+    fails(r"ocr\.jsonl:2: missing field 'text'", lambda: read_ocr_references(ocr, images))
     ocr.write_text('{"image": "a.png", "text": "A"}\n{"image": "b.png", "text": "B"}\n')
-    fails(r"ocr\.jsonl:2: image: 'b\.png' not found", lambda: read_ocr(ocr, images))
+    fails(r"ocr\.jsonl:2: image: 'b\.png' not found", lambda: read_ocr_references(ocr, images))
     ocr.write_text('{"image": "a.png", "text": "A"}\n{oops\n')
-    fails(r"ocr\.jsonl:2: malformed JSON", lambda: read_ocr(ocr, images))
-    fails(r"no image with a \.txt transcription", lambda: read_ocr(images=images))
+    fails(r"ocr\.jsonl:2: malformed JSON", lambda: read_ocr_references(ocr, images))
+    fails(r"no image with a \.txt transcription", lambda: read_ocr_references(images=images))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -757,9 +769,9 @@ def test_every_runner_end_to_end_with_the_embedded_model(export: Path, capsys):
     expected_samples = {
         "coco-det": 3,
         "captions": 3,
-        "refcoco": 2 * len(read_refcoco(paths["refs"], paths["refcoco_instances"], paths["images"])),
+        "refcoco": 2 * len(read_refcoco_expressions(paths["refs"], paths["refcoco_instances"], paths["images"])),
         "flickr30k": len(read_flickr30k(paths["flickr30k"], paths["images"])),
-        "ocr": len(read_ocr(paths["ocr"], paths["images"])),
+        "ocr": len(read_ocr_references(paths["ocr"], paths["images"])),
     }
     for name, words in commands.items():
         assert words[:3] == ["florence2", "eval", name]
@@ -835,7 +847,9 @@ def test_synthetic_export_matches_the_split(export: Path):
         TablePredictor(table), export / "annotations" / "instances_synthetic.json", export / "images"
     )
     assert summary["figures"]["AP"] == pytest.approx(100.0)
-    refs = read_refcoco(export / "refcoco" / "refs(unc).p", export / "refcoco" / "instances.json", export / "images")
+    refs = read_refcoco_expressions(
+        export / "refcoco" / "refs(unc).p", export / "refcoco" / "instances.json", export / "images"
+    )
     assert [s.text for s in refs] == [o["referring"] for r in records for o in r["objects"] if o.get("referring")]
     gt = copy.deepcopy(refs[0].truth)
     assert np.allclose(gt["bbox"], records[0]["objects"][0]["bbox"])

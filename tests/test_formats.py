@@ -26,6 +26,7 @@ from florence2.data.formats import (
     read_ocr,
     read_refcoco,
     read_refexp,
+    read_refs,
     read_synthetic,
     read_yolo,
     split_held_out,
@@ -140,20 +141,23 @@ def test_coco_defaults_and_image_folder(coco_dir):
     [
         (
             lambda d: d["annotations"][1].update(bbox=[1, 2, 3]),
-            r"instances\.json: annotations\[1\] \(id 11\): bbox: expected 4",
+            r"instances\.json: annotations\[1\]\.bbox: expected 4",
         ),
-        (lambda d: d["annotations"][0].update(category_id=8), r"annotations\[0\] \(id 10\): category_id: no category"),
-        (lambda d: d["annotations"][2].update(image_id=99), r"annotations\[2\] \(id 12\): image_id: no image"),
+        (lambda d: d["annotations"][0].update(category_id=8), r"annotations\[0\]\.category_id: no category"),
+        (lambda d: d["annotations"][2].update(image_id=99), r"annotations\[2\]\.image_id: no image"),
         (
             lambda d: d["annotations"][0].update(bbox=[4, 6, 90, 10]),
-            r"annotations\[0\] \(id 10\): bbox: .* outside the 64x48",
+            r"annotations\[0\]\.bbox: .* outside the 64x48",
         ),
-        (lambda d: d["annotations"][0].update(bbox=[4, 6, -2, 10]), r"bbox: width and height must be >= 0"),
-        (lambda d: d["annotations"][1].update(segmentation=[[1, 2, 3]]), r"annotations\[1\] \(id 11\): segmentation"),
-        (lambda d: d["categories"][0].update(name="a<b"), r"categories\[0\]: name: .* holds '<'"),
+        (
+            lambda d: d["annotations"][0].update(bbox=[4, 6, -2, 10]),
+            r"annotations\[0\]\.bbox: negative width or height",
+        ),
+        (lambda d: d["annotations"][1].update(segmentation=[[1, 2, 3]]), r"annotations\[1\]\.segmentation"),
+        (lambda d: d["categories"][0].update(name="a<b"), r"categories\[0\]\.name: .* holds '<'"),
         (lambda d: d["images"][0].update(width=65), r"image id 1: width/height: the file says 65x48 but .* is 64x48"),
         (lambda d: d["images"][1].pop("file_name"), r"images\[1\]: missing field 'file_name'"),
-        (lambda d: d.pop("categories"), r"instances\.json: missing field 'categories'"),
+        (lambda d: d.pop("categories"), r"instances\.json: missing top-level field 'categories'"),
     ],
 )
 def test_coco_errors_name_file_element_and_field(coco_dir, change, message):
@@ -425,7 +429,7 @@ def test_refcoco_grounding_segmentation_and_splits(tmp_path, refs_format):
     notes = []
     read_refcoco(refs, instances, tmp_path / "images", split="val", notes=notes)  # an RLE mask: no polygon
     assert any("without a polygon" in n for n in notes)
-    with pytest.raises(AnnotationError, match="no refs of split 'testA'"):
+    with pytest.raises(AnnotationError, match="no ref of split 'testA'"):
         read_refcoco(refs, instances, tmp_path / "images", split="testA")
 
 
@@ -434,17 +438,30 @@ def test_refcoco_errors(tmp_path):
     data = json.loads(refs.read_text())
     data[1]["ann_id"] = 77
     write_json(refs, data)
-    with pytest.raises(AnnotationError, match=r"refs\.json: refs\[1\]: ann_id: .* has no annotation 77"):
+    with pytest.raises(AnnotationError, match=r"refs\.json: refs\[1\]\.ann_id: no annotation 77 in .*instances\.json"):
         read_refcoco(refs, instances, tmp_path / "images")
     data[1] = {"ann_id": 6, "sentences": [{"sent": ""}]}
     write_json(refs, data)
-    with pytest.raises(AnnotationError, match=r"refs\[1\]: sentences\[0\]: sent: empty text"):
+    with pytest.raises(AnnotationError, match=r"refs\[1\]\.sentences\[0\]\.sent: empty text"):
         read_refcoco(refs, instances, tmp_path / "images")
     # a pickle that asks for any class is refused: refs are plain data
     evil = tmp_path / "evil.p"
     evil.write_bytes(pickle.dumps([OrderedDict(ann_id=5)]))
     with pytest.raises(AnnotationError, match="only plain data"):
         read_refcoco(evil, instances, tmp_path / "images")
+
+
+def test_refs_pickles_of_python2_decode_utf8_text(tmp_path):
+    # refs(unc).p as Python 2 writes it (protocol 2): its strs are byte strings (SHORT_BINSTRING)
+    def short_binstring(data: bytes) -> bytes:
+        return b"U" + bytes([len(data)]) + data
+
+    fields = [b"sent", "caf\u00e9".encode(), b"raw", "\u00e9t\u00e9".encode("latin1")]
+    path = tmp_path / "refs(unc).p"
+    path.write_bytes(b"\x80\x02]q\x00}q\x01(" + b"".join(map(short_binstring, fields)) + b"ua.")
+    [(where, ref)] = read_refs(path)
+    assert where.endswith("refs(unc).p: refs[0]")
+    assert ref == {"sent": "caf\u00e9", "raw": "\u00e9t\u00e9"}  # UTF-8 where valid, else Latin-1
 
 
 def test_refexp_simple_form(tmp_path):

@@ -6,7 +6,7 @@
 >>> summary = evaluate_coco_detection(f2, "coco/annotations/instances_val2017.json", "coco/val2017", out_dir="out/coco")
 >>> summary["figures"]["AP"]
 
-Each runner reads the benchmark's annotation files as distributed (:mod:`florence2.eval.datasets`),
+Each runner reads the benchmark's annotation files as distributed (:mod:`florence2.data.formats`),
 asks the predictor one task per sample, scores the answers with the reference scorers
 (:mod:`florence2.eval.metrics`: pycocotools, pycocoevalcap) and returns a summary; with ``out_dir``
 it writes ``predictions.jsonl`` (one line per sample: its id, image, text input, the task's result,
@@ -46,13 +46,13 @@ from typing import Any
 import numpy as np
 
 from florence2.convert import decode_rle, extract_regions, rasterize_polygons, to_coco_detections
-from florence2.eval.datasets import (
-    Sample,
-    read_captions,
+from florence2.data.formats import (
+    BenchmarkSample,
+    read_caption_references,
     read_coco_detection,
     read_flickr30k,
-    read_ocr,
-    read_refcoco,
+    read_ocr_references,
+    read_refcoco_expressions,
 )
 from florence2.eval.metrics import (
     box_iou,
@@ -89,7 +89,7 @@ _IMAGES_PER_STEP = 64
 
 def predict_samples(
     predictor: Predictor,
-    samples: Sequence[Sample],
+    samples: Sequence[BenchmarkSample],
     task: str,
     *,
     batch_size: int = 8,
@@ -198,7 +198,7 @@ def _write(out_dir: str | os.PathLike | None, summary: dict[str, Any], lines: Se
     (out / "summary.md").write_text(format_summary(summary), encoding="utf-8")
 
 
-def _line(sample: Sample, task: str, answer: Answer, **figures: Any) -> dict[str, Any]:
+def _line(sample: BenchmarkSample, task: str, answer: Answer, **figures: Any) -> dict[str, Any]:
     line = {"id": sample.id, "image": str(sample.image), "task": task}
     if sample.text is not None:
         line["text"] = sample.text
@@ -208,7 +208,7 @@ def _line(sample: Sample, task: str, answer: Answer, **figures: Any) -> dict[str
     return {**line, **figures}
 
 
-def _first(samples: list[Sample], max_samples: int | None) -> list[Sample]:
+def _first(samples: list[BenchmarkSample], max_samples: int | None) -> list[BenchmarkSample]:
     return samples if max_samples is None else samples[: max(0, max_samples)]
 
 
@@ -325,7 +325,7 @@ def evaluate_captions(
             None: Java when a ``java`` works.
     """
     token = get_task(task).token
-    data = read_captions(annotations, images, split=split)
+    data = read_caption_references(annotations, images, split=split)
     samples = _first(data.samples, max_images)
     answers, seconds = predict_samples(
         predictor, samples, token, batch_size=batch_size, decoding=decoding, progress=progress
@@ -425,7 +425,8 @@ def evaluate_refcoco(
     rec_token = get_task(rec_task).token
     if rec_token not in REC_TASKS:
         raise ValueError(f"REC needs a task answering boxes: {', '.join(REC_TASKS)}; got {rec_token}")
-    samples = _first(read_refcoco(refs, instances, images, split=split, sentence_key=sentence_key), max_samples)
+    samples = read_refcoco_expressions(refs, instances, images, split=split, sentence_key=sentence_key)
+    samples = _first(samples, max_samples)
     figures: dict[str, Any] = {}
     lines: list[dict[str, Any]] = []
     seconds = 0.0
@@ -501,7 +502,7 @@ def evaluate_flickr30k(
     model: str | None = None,
     command: str | None = None,
 ) -> dict[str, Any]:
-    """Phrase grounding recall@1 on Flickr30k Entities (:func:`~florence2.eval.datasets.read_flickr30k`).
+    """Phrase grounding recall@1 on Flickr30k Entities (:func:`~florence2.data.formats.read_flickr30k`).
 
     ``<CAPTION_TO_PHRASE_GROUNDING>`` gets each sentence without its markup; a ground-truth phrase is
     a hit when the first predicted box labelled with that phrase (lower case, whitespace collapsed,
@@ -521,7 +522,7 @@ def evaluate_flickr30k(
         predictor, samples, task, batch_size=batch_size, decoding=decoding, progress=progress
     )
 
-    def truth(sample: Sample) -> list[tuple[str, list]]:
+    def truth(sample: BenchmarkSample) -> list[tuple[str, list]]:
         if protocol == "any":
             return sample.truth
         return [(phrase, [_merged(boxes)]) for phrase, boxes in sample.truth]
@@ -561,10 +562,10 @@ def evaluate_ocr(
 ) -> dict[str, Any]:
     """``<OCR>`` exact match, CER and WER (:func:`~florence2.eval.metrics.ocr_scores`; whitespace runs,
     line breaks included, count as one space; case and punctuation count) on the layouts of
-    :func:`~florence2.eval.datasets.read_ocr`. CER and WER are corpus-level: edits summed over the
+    :func:`~florence2.data.formats.read_ocr_references`. CER and WER are corpus-level: edits summed over the
     images divided by the reference characters (words) summed."""
     task = "<OCR>"
-    samples = _first(read_ocr(annotations, images), max_images)
+    samples = _first(read_ocr_references(annotations, images), max_images)
     answers, seconds = predict_samples(
         predictor, samples, task, batch_size=batch_size, decoding=decoding, progress=progress
     )
