@@ -29,36 +29,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from florence2.errors import Florence2Error
+from florence2.eval.export import export_all, export_commands
+from florence2.eval.registry import BENCHMARKS, task_type
+from florence2.eval.synthetic import DEFAULT_TASKS, TARGETS, TASK_EVALS, check_targets, evaluate_synthetic
 from florence2.tasks import get_task
 
 DEFAULT_EVAL_SEED = 777
-BENCHMARKS = ("coco-det", "captions", "refcoco", "flickr30k", "ocr")
-
-
-def _task(name: str) -> str:
-    from florence2.eval.synthetic import TASK_EVALS
-
-    try:
-        token = get_task(name).token
-    except Florence2Error as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
-    if token not in TASK_EVALS:
-        raise argparse.ArgumentTypeError(f"no evaluation for {token}; choose from {', '.join(TASK_EVALS)}")
-    return token
-
-
-def _token(choices: tuple[str, ...]) -> Any:
-    def parse(name: str) -> str:
-        try:
-            token = get_task(name).token
-        except Florence2Error as e:
-            raise argparse.ArgumentTypeError(str(e)) from e
-        if token not in choices:
-            raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)}")
-        return token
-
-    return parse
 
 
 def _format(value: Any) -> str:
@@ -73,8 +49,6 @@ def _format(value: Any) -> str:
 
 def format_report(report: Mapping[str, Any], targets: Mapping[str, float] | None = None) -> str:
     """The figures as a markdown table, with the target and whether it is reached where there is one."""
-    from florence2.eval.synthetic import TARGETS, check_targets
-
     targets = TARGETS if targets is None else targets
     reached = check_targets(report, targets)
     rows = ["| figure | value | target |", "|---|---:|---|"]
@@ -122,7 +96,6 @@ def command_line(args: argparse.Namespace) -> str:
 def cmd_synthetic(args: argparse.Namespace) -> int:
     from florence2.data.synthetic import WorldConfig, read_split, write_split
     from florence2.eval.metrics import cider_available
-    from florence2.eval.synthetic import DEFAULT_TASKS, TARGETS, check_targets, evaluate_synthetic
     from florence2.pipeline import Florence2
 
     if args.split is None and args.num_images is None:
@@ -194,7 +167,12 @@ def _add_synthetic_options(p: argparse.ArgumentParser, required: bool) -> None:
     )
     p.add_argument("--scene-size", type=int, default=128, help="scene side of a generated split, pixels (default 128)")
     p.add_argument("--max-images", type=int, help="evaluate only the first N images")
-    p.add_argument("--task", action="append", type=_task, help="task to evaluate (repeatable; default: the main six)")
+    p.add_argument(
+        "--task",
+        action="append",
+        type=task_type(tuple(TASK_EVALS), "evaluated tasks"),
+        help="task to evaluate (repeatable; default: the main six)",
+    )
     p.add_argument("--out", help="write the report as JSON here")
     p.add_argument("--predictions", help="write every query's prediction as JSON lines here")
     p.add_argument("--batch-size", type=int, default=8)
@@ -222,70 +200,26 @@ def _decoding(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from florence2.eval import benchmarks
+    from florence2.eval.benchmarks import format_summary
     from florence2.pipeline import Florence2
 
+    benchmark = BENCHMARKS[args.benchmark]
+    if benchmark.one_of and all(getattr(args, dest) is None for dest in benchmark.one_of):
+        names = " ".join("--" + dest.replace("_", "-") for dest in benchmark.one_of)
+        args.eval_parser.error(f"one of the arguments {names} is required")
     predictor = Florence2.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-    common = {
-        "batch_size": args.batch_size,
-        "decoding": _decoding(args),
-        "progress": args.progress,
-        "model": args.model,
-        "command": command_line(args),
-    }
-    if args.benchmark == "coco-det":
-        summary = benchmarks.evaluate_coco_detection(
-            predictor,
-            args.annotations,
-            args.images,
-            args.out,
-            unit_scores=args.unit_scores,
-            max_images=args.max_samples,
-            **common,
-        )
-    elif args.benchmark == "captions":
-        summary = benchmarks.evaluate_captions(
-            predictor,
-            args.annotations,
-            args.images,
-            args.out,
-            task=args.task,
-            split=args.split,
-            java=args.java,
-            max_images=args.max_samples,
-            **common,
-        )
-    elif args.benchmark == "refcoco":
-        summary = benchmarks.evaluate_refcoco(
-            predictor,
-            args.refs,
-            args.instances,
-            args.images,
-            args.out,
-            split=args.split,
-            tasks=args.tasks,
-            rec_task=args.rec_task,
-            sentence_key=args.sentence,
-            dataset=args.dataset,
-            max_samples=args.max_samples,
-            **common,
-        )
-    elif args.benchmark == "flickr30k":
-        summary = benchmarks.evaluate_flickr30k(
-            predictor,
-            args.root,
-            args.images,
-            args.out,
-            split=args.split,
-            protocol=args.protocol,
-            max_samples=args.max_samples,
-            **common,
-        )
-    else:
-        summary = benchmarks.evaluate_ocr(
-            predictor, args.annotations, args.images, args.out, max_images=args.max_samples, **common
-        )
-    print(benchmarks.format_summary(summary))
+    summary = benchmark.run(
+        predictor,
+        out_dir=args.out,
+        batch_size=args.batch_size,
+        decoding=_decoding(args),
+        progress=args.progress,
+        model=args.model,
+        command=command_line(args),
+        **{benchmark.limit: args.max_samples},
+        **{dest: getattr(args, dest) for dest in benchmark.dests},
+    )
+    print(format_summary(summary))
     return 0
 
 
@@ -304,86 +238,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_benchmark_parsers(sub: Any) -> None:
-    from florence2.eval.benchmarks import REC_TASKS
-
-    p = sub.add_parser(
-        "coco-det",
-        help="COCO detection mAP of <OD> (instances_*.json + image folder)",
-        description="COCO box AP/AP50/AP75 of <OD> with pycocotools on a COCO detection file.",
-    )
-    p.add_argument("--annotations", required=True, help="COCO instances file, e.g. instances_val2017.json")
-    p.add_argument("--images", required=True, help="the image folder, e.g. val2017/")
-    p.add_argument("--unit-scores", action="store_true", help="rank every box 1.0 (ignore the model's scores)")
-    _add_run_options(p)
-
-    p = sub.add_parser(
-        "captions",
-        help="CIDEr, BLEU-4, METEOR, ROUGE-L of a caption task (COCO / NoCaps / TextCaps / Karpathy files)",
-        description="coco-caption scores (pycocoevalcap) of a caption task. METEOR and the PTB tokenizer need Java.",
-    )
-    p.add_argument("--annotations", required=True, help="captions_*.json, Karpathy dataset_*.json or TextCaps json")
-    p.add_argument("--images", required=True, help="the image folder")
-    p.add_argument("--split", help="Karpathy split to evaluate, e.g. test")
-    captions = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")
-    p.add_argument("--task", type=_token(captions), default="<CAPTION>", help="caption task (default CAPTION)")
-    p.add_argument(
-        "--java",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="PTB tokenizer and METEOR through Java (default: when java works)",
-    )
-    _add_run_options(p)
-
-    p = sub.add_parser(
-        "refcoco",
-        help="RefCOCO/+/g: REC accuracy@0.5 and RES mIoU/oIoU",
-        description="Referring expression comprehension and segmentation on RefCOCO, RefCOCO+ or RefCOCOg.",
-    )
-    p.add_argument("--refs", required=True, help="refs(unc).p / refs(umd).p / refs(google).p, or the refs as JSON")
-    p.add_argument("--instances", required=True, help="the dataset's instances.json")
-    p.add_argument("--images", required=True, help="COCO train2014/")
-    p.add_argument("--split", default="val", help="val, testA, testB, test (default val)")
-    p.add_argument("--tasks", nargs="+", choices=["rec", "res"], default=["rec", "res"])
-    p.add_argument(
-        "--rec-task",
-        type=_token(REC_TASKS),
-        default=REC_TASKS[0],
-        help="task answering REC (default CAPTION_TO_PHRASE_GROUNDING; or OPEN_VOCABULARY_DETECTION)",
-    )
-    p.add_argument(
-        "--sentence",
-        choices=["sent", "raw"],
-        default="sent",
-        help="expression text: the distributed lower-cased 'sent' (default) or the 'raw' one",
-    )
-    p.add_argument("--dataset", help="name for the summary (default: the refs file's folder)")
-    _add_run_options(p)
-
-    p = sub.add_parser(
-        "flickr30k",
-        help="Flickr30k Entities phrase grounding recall@1",
-        description="Phrase grounding recall@1 on Flickr30k Entities (Annotations/, Sentences/, <split>.txt).",
-    )
-    p.add_argument("--root", required=True, help="folder with Annotations/, Sentences/ and <split>.txt")
-    p.add_argument("--images", required=True, help="flickr30k-images/")
-    p.add_argument("--split", default="test", help="train, val or test (default test)")
-    p.add_argument("--protocol", choices=["any", "merged"], default="any", help="any-box (default) or merged-box")
-    _add_run_options(p)
-
-    p = sub.add_parser(
-        "ocr",
-        help="OCR exact match, CER, WER of <OCR>",
-        description="<OCR> exact match, CER and WER on JSON lines {image, text} or images with .txt files.",
-    )
-    p.add_argument("--annotations", help='JSON lines {"image": path, "text": transcription}')
-    p.add_argument("--images", help="image folder (paths are relative to it; alone: images with same-name .txt)")
-    _add_run_options(p)
-
-
-def cmd_ocr_check(args: argparse.Namespace) -> int:
-    if args.annotations is None and args.images is None:
-        args.eval_parser.error("one of the arguments --annotations --images is required")
-    return cmd_benchmark(args)
+    for benchmark in BENCHMARKS.values():
+        p = sub.add_parser(benchmark.name, help=benchmark.help, description=benchmark.description)
+        for flags, kwargs in benchmark.options:
+            p.add_argument(*flags, **kwargs)
+        _add_run_options(p)
+        p.set_defaults(func=cmd_benchmark, eval_parser=p)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -391,24 +251,8 @@ def cmd_ocr_check(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
-def export_commands(paths: Mapping[str, Path], results: Path) -> dict[str, list[str]]:
-    """The ``florence2 eval`` command of each benchmark on the files :func:`export_all` wrote."""
-
-    def command(name: str, *inputs: str) -> list[str]:
-        return ["florence2", "eval", name, *inputs, "--images", str(paths["images"]), "--out", str(results / name)]
-
-    return {
-        "coco-det": command("coco-det", "--annotations", str(paths["instances"])),
-        "captions": command("captions", "--annotations", str(paths["captions"])),
-        "refcoco": command("refcoco", "--refs", str(paths["refs"]), "--instances", str(paths["refcoco_instances"])),
-        "flickr30k": command("flickr30k", "--root", str(paths["flickr30k"])),
-        "ocr": command("ocr", "--annotations", str(paths["ocr"])),
-    }
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from florence2.data.synthetic import WorldConfig, write_split
-    from florence2.eval.export import export_all
 
     out = Path(args.out)
     split = Path(args.split) if args.split else out / "split"
@@ -424,7 +268,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _add_export_parser(sub: Any) -> None:
     p = sub.add_parser(
         "export",
-        help="write a synthetic split as COCO, caption, RefCOCO, Flickr30k and OCR benchmark files",
+        help=f"write a synthetic split as the files of the benchmarks {', '.join(BENCHMARKS)}",
         description="Export a synthetic split into the standard benchmark formats (see florence2.eval.export).",
     )
     where = p.add_mutually_exclusive_group(required=True)
@@ -445,7 +289,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``eval`` (the synthetic evaluation, and the benchmark subcommands) to ``florence2``'s subparsers."""
     p = subparsers.add_parser(
         "eval",
-        help="evaluate a model: the synthetic split, or COCO / captions / RefCOCO / Flickr30k / OCR benchmarks",
+        help=f"evaluate a model: the synthetic split, or the benchmarks {', '.join(BENCHMARKS)}",
         description=(
             "Without a subcommand: evaluate a model on a synthetic split and print the figures as a markdown "
             "table. Subcommands run the standard benchmarks on annotation files from disk."
@@ -453,14 +297,11 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     _add_synthetic_options(p, required=False)
     p.set_defaults(func=cmd_synthetic, eval_parser=p, benchmark=None)
-    sub = p.add_subparsers(dest="benchmark", metavar="{synthetic,coco-det,captions,refcoco,flickr30k,ocr,export}")
+    sub = p.add_subparsers(dest="benchmark", metavar="{" + ",".join(["synthetic", *BENCHMARKS, "export"]) + "}")
     s = sub.add_parser("synthetic", help="the synthetic-split evaluation (the default without a subcommand)")
     _add_synthetic_options(s, required=True)
     s.set_defaults(func=cmd_synthetic, eval_parser=s)
     _add_benchmark_parsers(sub)
-    for name in BENCHMARKS:
-        parser = sub.choices[name]
-        parser.set_defaults(func=cmd_ocr_check if name == "ocr" else cmd_benchmark, eval_parser=parser)
     _add_export_parser(sub)
     sub.choices["export"].set_defaults(eval_parser=sub.choices["export"])
     return p
