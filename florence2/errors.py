@@ -26,6 +26,10 @@ class TaskError(Florence2Error, ValueError):
     """A task name, task input or prompt is not valid."""
 
 
+class RegionError(TaskError):
+    """A region input is not a box inside its image."""
+
+
 class AnnotationError(Florence2Error, ValueError):
     """An annotation record or dataset file is malformed; the message names the file, line and field."""
 

@@ -29,6 +29,10 @@ Conversion rules to RGB (mode by mode):
   ``[0, 1]`` becomes black.
 
 Multi-frame files (GIF, TIFF, APNG...) give their first frame.
+
+Only the formats in :data:`IMAGE_FORMATS` are read (PNG, JPEG, WebP, GIF, BMP, TIFF): Pillow knows
+many more, some of which hand the data to other programs (EPS to Ghostscript) or to rarely
+exercised decoders. A file in another format is refused with an error that names the format.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ MAX_IMAGE_PIXELS = 100_000_000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
+# the encoded formats load_image reads (Pillow's names; JPEG includes the MPO files of phone cameras)
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | IO[bytes] | Image.Image | np.ndarray
 
@@ -247,13 +253,47 @@ def _pil_bomb_warnings(max_pixels: int | None) -> Iterator[None]:
         yield
 
 
+def _sniff_format(fp: IO[bytes], start: int | None) -> str | None:
+    """The format Pillow would take the data for, judged from its first bytes only (nothing is
+    decoded or handed to another program); None when no format claims it."""
+    if start is None:
+        return None
+    try:
+        fp.seek(start)
+        prefix = fp.read(16)
+    except Exception:
+        return None
+    Image.init()
+    for name, (_, accept) in Image.OPEN.items():
+        try:
+            if accept is not None and accept(prefix):
+                return name
+        except Exception:
+            continue
+    return None
+
+
+def _tell(fp: IO[bytes]) -> int | None:
+    try:
+        return fp.tell() if fp.seekable() else None
+    except Exception:
+        return None
+
+
 def _open_and_finish(fp: IO[bytes], name: str, max_pixels: int | None) -> Image.Image:
+    start = _tell(fp)
     with _pil_bomb_warnings(max_pixels):
         try:
-            image = Image.open(fp)
+            image = Image.open(fp, formats=IMAGE_FORMATS)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             raise _bomb_error(name, error) from error
         except UnidentifiedImageError as error:
+            other = _sniff_format(fp, start)
+            if other is not None and other not in IMAGE_FORMATS:
+                raise ImageLoadError(
+                    f"{name} is in a format not read here (it looks like {other}); "
+                    f"only {', '.join(IMAGE_FORMATS)} images are read"
+                ) from error
             raise ImageLoadError(f"{name} is not an image in a format PIL can read") from error
         except Exception as error:
             raise ImageLoadError(f"image {name} cannot be read: {error}") from error
@@ -347,6 +387,17 @@ class ImageBatch(NamedTuple):
     image_sizes: list[tuple[int, int]]
 
 
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image already turned into model input (``ImageProcessor.prepare``): loading, decoding
+    and resizing done, e.g. on a background worker, and the full-size pixels let go.
+
+    ``predict`` and ``preprocess`` take it wherever they take an image, with the same results."""
+
+    pixel_values: torch.Tensor  # (3, H, W) float32, normalised
+    size: tuple[int, int]  # (width, height) of the original image, for mapping coordinates back
+
+
 def _triple(value: Any, key: str) -> tuple[float, float, float]:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (float(value),) * 3
@@ -438,10 +489,20 @@ class ImageProcessor:
         pixel_values = torch.empty((len(sources), 3, height, width), dtype=torch.float32)
         image_sizes = []
         for index, source in enumerate(sources):
-            image = load_image(source, max_pixels=max_pixels)
-            image_sizes.append(image.size)
-            pixel_values[index] = self._pixel_values(image)
+            prepared = source if isinstance(source, PreparedImage) else self.prepare(source, max_pixels=max_pixels)
+            if tuple(prepared.pixel_values.shape) != (3, height, width):
+                raise ValueError(
+                    f"a prepared image of shape {tuple(prepared.pixel_values.shape)} given to a processor "
+                    f"of size {height}x{width}"
+                )
+            image_sizes.append(prepared.size)
+            pixel_values[index] = prepared.pixel_values
         return ImageBatch(pixel_values, image_sizes)
+
+    def prepare(self, source: ImageSource, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> PreparedImage:
+        """Load one image and turn it into model input; the decoded full-size image is not kept."""
+        image = load_image(source, max_pixels=max_pixels)
+        return PreparedImage(self._pixel_values(image), image.size)
 
     def __call__(
         self, images: ImageSource | Sequence[ImageSource], *, max_pixels: int | None = MAX_IMAGE_PIXELS

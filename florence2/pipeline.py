@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
-from florence2.errors import CheckpointError, TaskError
+from florence2.errors import CheckpointError, Florence2Error, TaskError
 from florence2.generation import DecodingOptions, search
-from florence2.image import ImageSource
+from florence2.image import ImageSource, PreparedImage
 from florence2.model.florence2 import Florence2Model
 from florence2.processor import Florence2Processor
+from florence2.progress import progress_bar
 from florence2.quantization import QUANTIZATION_MODES, quantize_int8
 from florence2.scoring import TokenScores, filter_result, sequence_score
 from florence2.tasks import task_inputs
@@ -29,7 +30,7 @@ from florence2.weights import load_model, read_generation_settings, resolve_chec
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "model"
 # keyword options of ``Florence2.predict`` other than the decoding options
-PREDICT_OPTIONS = frozenset({"batch_size", "progress", "score_threshold", "nms_iou"})
+PREDICT_OPTIONS = frozenset({"batch_size", "progress", "score_threshold", "nms_iou", "on_error"})
 
 
 def default_model_path() -> Path:
@@ -117,6 +118,7 @@ class Florence2:
         progress: bool = False,
         score_threshold: float | None = None,
         nms_iou: float | None = None,
+        on_error: str = "raise",
         **decoding: Any,
     ) -> dict[str, Any] | list[dict[str, Any]]:
         """Run tasks on one image (returns a result dict) or a list of images (a list of them).
@@ -132,6 +134,10 @@ class Florence2:
             tokens); with a list of images, a list of boxes gives each image its own region.
         score_threshold: drop boxes, quads and polygons scoring below this (0..1).
         nms_iou: per-label non-maximum suppression of regions overlapping more than this IoU.
+        on_error: ``"raise"`` (default): an image that cannot be read, or whose input is not valid
+            (a bad region or text, a prompt too long for the model), raises its error.
+            ``"return"``: that image's result is the error (a :class:`~florence2.errors.Florence2Error`)
+            and every other image is still answered, from the same batches.
         decoding: :class:`~florence2.generation.DecodingOptions` fields (``num_beams``, ...).
 
         Results follow the official format, coordinates in float pixels of the original image, plus
@@ -139,6 +145,8 @@ class Florence2:
         ``quad_boxes`` and ``polygons`` (``bboxes_scores`` / ``polygons_scores`` for open-vocabulary
         detection), and ``"sequence_scores": {task: score}`` for every task's whole answer.
         """
+        if on_error not in ("raise", "return"):
+            raise ValueError(f"on_error must be 'raise' or 'return', got {on_error!r}")
         for name, value in (("score_threshold", score_threshold), ("nms_iou", nms_iou)):
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -152,11 +160,13 @@ class Florence2:
         several = len(tasks) > 1
         requests = [[(t, *task_inputs(t, txt, reg, several)) for t in tasks] for txt, reg in zip(texts, regions)]
         options = self.decoding_options(**decoding)
-        chunks = list(_chunks(range(len(images)), max(1, batch_size)))
-        results: list[dict[str, Any]] = []
-        for chunk in _progress(chunks, progress, total_items=len(images)):
-            batch = [images[i] for i in chunk]
-            results.extend(self._predict_batch(batch, [requests[i] for i in chunk], options, score_threshold, nms_iou))
+        results: list[dict[str, Any] | Florence2Error] = []
+        with progress_bar(len(images), enabled=progress, unit="img") as bar:
+            for chunk in _chunks(range(len(images)), max(1, batch_size)):
+                batch = [images[i] for i in chunk]
+                requests_of = [requests[i] for i in chunk]
+                results.extend(self._predict_batch(batch, requests_of, options, score_threshold, nms_iou, on_error))
+                bar.update(len(chunk))
         return results[0] if single else results
 
     def _predict_batch(
@@ -166,26 +176,56 @@ class Florence2:
         options: DecodingOptions,
         score_threshold: float | None = None,
         nms_iou: float | None = None,
+        on_error: str = "raise",
+    ) -> list[dict[str, Any] | Florence2Error]:
+        # each image on its own first: a bad image or input fails that image alone (on_error="return")
+        outcomes: list[dict[str, Any] | Florence2Error] = []
+        ready: list[tuple[int, PreparedImage, list[str]]] = []
+        for i, source in enumerate(images):
+            try:
+                image = source if isinstance(source, PreparedImage) else self.processor.image_processor.prepare(source)
+                prompts = [self.processor.build_prompt(t, text, region, image.size) for t, text, region in requests[i]]
+                self.processor.tokenize(prompts, self.num_image_tokens)  # a prompt too long for the model
+            except Florence2Error as error:
+                if on_error == "raise":
+                    raise
+                outcomes.append(error)
+                continue
+            outcomes.append({})
+            ready.append((i, image, prompts))
+        if ready:
+            answers = self._run_model(ready, [requests[i] for i, _, _ in ready], options, score_threshold, nms_iou)
+            for (i, _, _), result in zip(ready, answers):
+                outcomes[i] = result
+        return outcomes
+
+    def _run_model(
+        self,
+        ready: list[tuple[int, PreparedImage, list[str]]],
+        requests: list[list[tuple[str | None, str | None, Sequence[float] | str | None]]],
+        options: DecodingOptions,
+        score_threshold: float | None,
+        nms_iou: float | None,
     ) -> list[dict[str, Any]]:
-        pixel_values, sizes = self.processor.image_processor.preprocess(list(images))
+        pixel_values, sizes = self.processor.image_processor.preprocess([image for _, image, _ in ready])
         results: list[dict[str, Any]] = [{} for _ in sizes]
         sequence_scores: list[dict[str, float]] = [{} for _ in sizes]
         # every (task, image) pair is one row of a single padded batch: the decoder reads its
         # weights once per step for all of them
         # requests[i]: image i's (task, text, region) list, the same tasks in the same order for all
-        rows = [(i, *requests[i][k]) for k in range(len(requests[0])) for i in range(len(sizes))]
-        prompts = [self.processor.build_prompt(task, text, region, sizes[i]) for i, task, text, region in rows]
+        rows = [(i, requests[i][k][0]) for k in range(len(requests[0])) for i in range(len(sizes))]
+        prompts = [ready[i][2][k] for k in range(len(requests[0])) for i in range(len(sizes))]
         input_ids, mask = self.processor.tokenize(prompts, self.num_image_tokens)
         device = self.model.device
         with torch.inference_mode():
             features = self.model.encode_image(pixel_values.to(device))  # once for every task
             if len(rows) > len(sizes):
-                features = features[torch.tensor([i for i, *_ in rows], device=device)]
+                features = features[torch.tensor([i for i, _ in rows], device=device)]
             memory, memory_mask = self.model.encode(features, input_ids.to(device), mask.to(device))
             out = search(self.model, memory, memory_mask, options)
         sequences, logprobs = out.sequences.cpu(), out.token_logprobs.cpu()
         texts = self.processor.batch_decode(sequences)
-        for row, ((i, task, _, _), answer) in enumerate(zip(rows, texts)):
+        for row, ((i, task), answer) in enumerate(zip(rows, texts)):
             scores = TokenScores.from_generation(self.processor.tokenizer, sequences[row], logprobs[row])
             parsed = self.processor.post_process_generation(answer, task, sizes[i], scores=scores)
             key = next(iter(parsed))
@@ -220,13 +260,3 @@ def _per_image(value: Any, count: int, single: bool, name: str, per_image: bool)
     if len(value) != count:
         raise TaskError(f"{len(value)} {name}s for {count} images: give one {name} per image")
     return list(value)
-
-
-def _progress(chunks: list, enabled: bool, total_items: int) -> Any:
-    if not enabled:
-        return chunks
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return chunks
-    return tqdm(chunks, total=len(chunks), unit="batch", desc=f"{total_items} images")

@@ -7,13 +7,14 @@ region (an XYXY box written as four location tokens).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from florence2.coords import NUM_BINS, box_to_loc_tokens, parse_loc_tokens
-from florence2.errors import TaskError
+from florence2.errors import RegionError, TaskError
 
 TaskInput = Literal["none", "text", "region"]
 ResultType = Literal[
@@ -174,11 +175,8 @@ def _region_input(
             raise TaskError(f"{spec.token} takes a region or a text of four location tokens, not both")
         if image_size is None:
             raise TaskError(f"{spec.token} needs image_size=(width, height) to quantize a pixel region")
-        tokens = box_to_loc_tokens(region, image_size)  # checks for 4 finite numbers
-        x0, y0, x1, y1 = parse_loc_tokens(tokens)
-        if x1 < x0 or y1 < y0:
-            raise TaskError(f"a region box (x0, y0, x1, y1) needs x0 <= x1 and y0 <= y1, got {region!r}")
-        return tokens
+        check_region(region, image_size)
+        return box_to_loc_tokens(region, image_size)
     if not text or not _REGION_TEXT.fullmatch(text):
         raise TaskError(
             f"{spec.token} needs a region: region=(x0, y0, x1, y1) in pixels, or four location tokens "
@@ -187,6 +185,34 @@ def _region_input(
     if max(parse_loc_tokens(text)) >= NUM_BINS:
         raise TaskError(f"location tokens go from <loc_0> to <loc_{NUM_BINS - 1}>, got {text!r}")
     return text
+
+
+def check_region(region: Sequence[float], image_size: tuple[int, int]) -> None:
+    """A pixel region must be four finite numbers ``x0 <= x1``, ``y0 <= y1`` inside the image.
+
+    Raises:
+        RegionError: anything else (the same rule for the Python API, the CLI and the server)."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in region)
+    except (TypeError, ValueError):
+        raise RegionError(f"a region is four numbers (x0, y0, x1, y1) in pixels, got {region!r}") from None
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+        raise RegionError(f"a region must be 4 finite numbers (x0, y0, x1, y1), got {region!r}")
+    if not (x0 <= x1 and y0 <= y1):
+        raise RegionError(f"a region box (x0, y0, x1, y1) needs x0 <= x1 and y0 <= y1, got {list(region)}")
+    width, height = image_size
+    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+        raise RegionError(f"region {list(region)} lies outside the {width}x{height} image (pixels, XYXY)")
+
+
+def check_text(text: str) -> None:
+    """A text input must be valid Unicode (no lone surrogates, which no tokenizer can encode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise TaskError(
+            f"text is not valid Unicode: {error.reason} at character {error.start} ({text[error.start]!r})"
+        ) from None
 
 
 def task_inputs(
@@ -232,7 +258,9 @@ def build_prompt(
     Raises:
         TaskError: unknown task, input given to a task that takes none, or a missing/malformed input.
     """
-    text = text.strip() if text is not None else None
+    if text is not None:
+        check_text(text)
+        text = text.strip()
     if task is None:
         if region is not None:
             raise TaskError("a region needs a region task, e.g. <REGION_TO_CATEGORY>")

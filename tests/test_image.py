@@ -616,3 +616,35 @@ def test_processor_accepts_paths(tmp_path: Path):
     batch = ImageProcessor(size=(32, 32)).preprocess([path, str(path)])
     assert batch.image_sizes == [(64, 32), (64, 32)]
     assert torch.equal(batch.pixel_values[0], batch.pixel_values[1])
+
+
+def _encoded(fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (12, 10), (200, 30, 40)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_the_allowed_formats_load(fmt):
+    assert load_image(_encoded(fmt)).size == (12, 10)
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PCX", "PPM", "SGI"])
+def test_other_formats_pillow_knows_are_refused_by_name(fmt):
+    with pytest.raises(ImageLoadError, match=f"looks like {fmt}.*only PNG, JPEG, WEBP, GIF, BMP, TIFF"):
+        load_image(_encoded(fmt))
+
+
+def test_eps_never_reaches_ghostscript(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    def ghostscript(*args, **kwargs):
+        raise AssertionError("Ghostscript was asked to render client data")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", ghostscript)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    path = tmp_path / "tiny.png"  # the name does not matter, the bytes do
+    path.write_bytes(eps)
+    for source in (eps, path, io.BytesIO(eps)):
+        with pytest.raises(ImageLoadError, match="looks like EPS"):
+            load_image(source)

@@ -6,8 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from florence2 import Florence2, Florence2Processor, ImageProcessor, TaskError
+from florence2 import Florence2, Florence2Processor, ImageLoadError, ImageProcessor, TaskError
 from florence2.cli import main
+from florence2.errors import RegionError
 from florence2.generation import generate
 from florence2.tasks import TASKS
 from florence2.tokenizer import train_bpe_tokenizer
@@ -216,3 +217,35 @@ def test_per_image_inputs_must_match_the_images(predictor, images):
         predictor.predict(images[0], "<CAPTION_TO_PHRASE_GROUNDING>", text=["a"])
     with pytest.raises(TaskError, match="1 regions for 3 images"):
         predictor.predict(images, "<REGION_TO_CATEGORY>", region=[[1, 1, 5, 5]])
+
+
+def test_with_on_error_return_a_bad_image_or_input_fails_alone(predictor, images, tmp_path):
+    eps = tmp_path / "page.eps"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    sources = [images[0], eps, images[1], empty, images[2]]
+    texts = ["a red circle", "a red circle", "a bad \ud800 text", "a red circle", "a blue square"]
+    got = predictor.predict(sources, "<OPEN_VOCABULARY_DETECTION>", text=texts, on_error="return", batch_size=8)
+    assert isinstance(got[1], ImageLoadError) and "EPS" in str(got[1])
+    assert isinstance(got[2], TaskError) and "not valid Unicode" in str(got[2])
+    assert isinstance(got[3], ImageLoadError) and "empty" in str(got[3])
+    # the good images are answered from one batch, exactly as a call with only them answers them
+    clean = predictor.predict([sources[0], sources[4]], "<OPEN_VOCABULARY_DETECTION>", text=[texts[0], texts[4]])
+    assert_same_result([got[0], got[4]], clean)
+    with pytest.raises(TaskError, match="not valid Unicode"):  # the default still raises
+        predictor.predict(sources[2], "<OPEN_VOCABULARY_DETECTION>", text=texts[2])
+
+
+def test_a_region_outside_the_image_is_an_error_not_clamped(predictor, images):
+    with pytest.raises(RegionError, match="outside the 80x60 image"):
+        predictor.predict(images[0], "<REGION_TO_CATEGORY>", region=[0, 0, 81, 10])
+    got = predictor.predict(images[:2], "<REGION_TO_CATEGORY>", region=[0, 0, 60, 61], on_error="return")
+    assert isinstance(got[0], RegionError) and isinstance(got[1], dict)
+
+
+def test_prepared_images_give_the_same_results(predictor, images):
+    prepared = [predictor.processor.image_processor.prepare(path) for path in images]
+    assert prepared[0].size == (80, 60)
+    for task in ("<OD>", "<CAPTION>"):
+        assert_same_result(predictor.predict(prepared, task), predictor.predict(images, task))
