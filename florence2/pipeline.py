@@ -19,7 +19,7 @@ import torch
 
 from florence2.errors import CheckpointError, Florence2Error, TaskError
 from florence2.generation import DecodingOptions, search
-from florence2.image import ImageSource, PreparedImage
+from florence2.image import MAX_IMAGE_PIXELS, ImageSource, PreparedImage
 from florence2.model.florence2 import Florence2Model
 from florence2.processor import Florence2Processor
 from florence2.progress import progress_bar
@@ -103,6 +103,11 @@ class Florence2:
             "options": sorted(PREDICT_OPTIONS | {f.name for f in fields(DecodingOptions)}),
             "decoding": asdict(self.decoding_options()),
         }
+
+    def prepare_image(self, image: ImageSource, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> PreparedImage:
+        """Load one image and turn it into this model's input now (e.g. on a background worker);
+        ``predict`` takes the result wherever it takes an image, with the same results."""
+        return self.processor.image_processor.prepare(image, max_pixels=max_pixels)
 
     def decoding_options(self, **overrides: Any) -> DecodingOptions:
         return DecodingOptions.for_model(self.model.config, **{**self.generation_defaults, **overrides})

@@ -706,6 +706,130 @@ def test_a_predictor_without_info_is_refused_at_start():
 
 
 # ---------------------------------------------------------------------------------------------
+# Hostile clients
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_text_that_is_not_valid_unicode_is_422_before_it_queues(serve, png):
+    predictor = RecordingPredictor()
+    client = serve(predictor)
+    # JSON may carry a lone surrogate escape; no tokenizer can encode the string it decodes to
+    body = json.dumps({"image": b64(png), "tasks": "OPEN_VOCABULARY_DETECTION", "text": "\ud800x"})
+    assert "\\ud800" in body
+    response = client.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+    assert error_of(response, 422) == "bad_input" and "Unicode" in response.json()["detail"]
+    assert predictor.calls == []
+
+
+def test_a_request_that_fails_inside_a_batch_fails_alone_from_the_same_batch(serve, embedded, png):
+    # the embedded model has 512 positions: this text passes the server's checks but not the model's
+    texts = ["a red circle", "a red circle " * 150, "a red circle", "a red circle"]
+    client = serve(max_batch_size=len(texts), max_wait_ms=5000)
+    with ThreadPoolExecutor(len(texts)) as pool:
+        responses = list(
+            pool.map(lambda text: post_file(client, png, task="CAPTION_TO_PHRASE_GROUNDING", text=text), texts)
+        )
+    assert error_of(responses[1], 422) == "bad_input" and "tokens" in responses[1].json()["detail"]
+    expected = roundtrip(embedded.predict([png] * 3, "<CAPTION_TO_PHRASE_GROUNDING>", text="a red circle"))
+    for response, want in zip([responses[0], *responses[2:]], expected):
+        assert response.status_code == 200, response.text
+        assert response.json()["timings"]["batch_size"] == len(texts)
+        assert_same(response.json()["results"], want)
+    sizes = parse_histogram(client.get("/metrics").text, "florence2_batch_size")
+    assert sizes["+Inf"] == 1 and sizes["4"] == 1  # one batch of 4, nobody rerun alone
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 1100 + b"]" * 1100, b'{"a":' * 5000 + b"1" + b"}" * 5000, b"[" * 200_000],
+    ids=["balanced", "objects", "unbalanced"],
+)
+def test_deeply_nested_json_is_a_json_400(client, body):
+    response = client.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+    assert error_of(response, 400) == "bad_json"
+    assert client.get("/health").status_code == 200
+
+
+def test_a_body_without_content_type_is_415(client, png):
+    body = json.dumps({"image": b64(png), "tasks": "OD"}).encode()
+    response = client.post("/v1/predict", content=body, headers={"content-type": ""})
+    assert error_of(response, 415) == "unsupported_media_type"
+
+
+def test_a_full_queue_refuses_before_the_image_is_decoded(serve, png, monkeypatch):
+    import florence2.serve.app as app_module
+
+    decoded = []
+    real = app_module.decode_image
+    monkeypatch.setattr(app_module, "decode_image", lambda *args: decoded.append(1) or real(*args))
+    predictor = RecordingPredictor(block=True)
+    client = serve(predictor, max_queue=1, max_batch_size=1, max_wait_ms=0)
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(post_file, client, png, task="OD")
+        assert predictor.started.wait(10)
+        waiting = pool.submit(post_file, client, png, task="OD")
+        wait_until(lambda: client.app.state.batcher.depth == 1)
+        assert error_of(post_file(client, png, task="OD"), 503) == "queue_full"
+        assert len(decoded) == 2  # the refused request cost no decoding
+        predictor.release.set()
+        assert running.result(30).status_code == 200 and waiting.result(30).status_code == 200
+
+
+def test_queued_images_are_model_input_not_full_size_pixels(serve, embedded, png):
+    seen = []
+
+    class Watching(StandIn):
+        options = tuple(embedded.info()["options"])
+        prepare_image = staticmethod(embedded.prepare_image)
+
+        def predict(self, image, task="<CAPTION>", **kwargs):
+            seen.extend(image)
+            return embedded.predict(image, task, **kwargs)
+
+    response = post_file(serve(Watching()), png, task="OD")
+    assert response.status_code == 200 and response.json()["image"] == {"width": 128, "height": 128}
+    assert [type(item).__name__ for item in seen] == ["PreparedImage"]
+    assert_same(response.json()["results"], roundtrip(embedded.predict(png, "<OD>")))
+
+
+def test_a_slow_body_is_cut_off_with_408(png):
+    pytest.importorskip("uvicorn")
+    app = create_app(RecordingPredictor(), ServeSettings(body_timeout_s=0.5))
+    with LiveServer(app) as server:
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\n\r\n{"
+            )
+            answer = b""
+            try:
+                for _ in range(40):  # one byte every 0.1 s, for up to 4 s
+                    sock.sendall(b" ")
+                    time.sleep(0.1)
+                    sock.setblocking(False)
+                    try:
+                        answer += sock.recv(65536)
+                    except BlockingIOError:
+                        pass
+                    finally:
+                        sock.setblocking(True)
+                    if b"\r\n\r\n" in answer:
+                        break
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert b"body_timeout" in answer
+        assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("key", ["clé", "two words", "tab\tkey"])
+def test_an_api_key_no_header_can_carry_is_refused_at_start(key):
+    with pytest.raises(ValueError, match="printable ASCII"):
+        ServeSettings(api_key=key)
+
+
+# ---------------------------------------------------------------------------------------------
 # The batcher alone
 # ---------------------------------------------------------------------------------------------
 

@@ -40,7 +40,8 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from florence2.errors import Florence2Error
+from florence2.errors import Florence2Error, ImageLoadError, RegionError
+from florence2.image import load_image
 from florence2.pipeline import DEFAULT_MODEL_DIR
 from florence2.serve.batching import Batcher, Outcome, QueueFullError, ShuttingDownError
 from florence2.serve.metrics import CONTENT_TYPE, ServerMetrics
@@ -48,7 +49,6 @@ from florence2.serve.middleware import RequestMetricsMiddleware, RequireApiKey
 from florence2.serve.requests import (
     ApiError,
     check_inputs,
-    check_region,
     check_text,
     decode_image,
     parse_options,
@@ -219,7 +219,13 @@ def create_app(
         predictor = Florence2.from_pretrained(model_path)
     model_name = model_name or (str(model_path) if model_path else "embedded")
     options = supported_options(predictor)
+    # on_error="return" (Florence2.predict): a request whose input fails inside a batch fails alone
+    # and the others are answered from the same batch (the batcher's per-item results)
+    per_item_errors = {"on_error": "return"} if "on_error" in predictor_info(predictor)["options"] else {}
     examples = _load_examples()
+    # decode straight to model input when the predictor can (the full-size image is let go at once)
+    prepare = getattr(predictor, "prepare_image", load_image)
+    decoding = asyncio.Semaphore(settings.max_decodes)
 
     def run_batch(key: Hashable, items: Sequence[tuple[Image.Image, str | None, Any]]) -> list[dict[str, Any]]:
         tasks, option_items = key
@@ -231,6 +237,7 @@ def create_app(
             text=texts if any(t is not None for t in texts) else None,
             region=regions if any(r is not None for r in regions) else None,
             batch_size=len(items),
+            **per_item_errors,
             **dict(option_items),
         )
 
@@ -271,6 +278,11 @@ def create_app(
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         return _error_response(error.status_code, code, str(error.detail), getattr(error, "headers", None))
 
+    @app.exception_handler(Exception)
+    async def _unexpected_error(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return _error_response(500, "internal_error", f"internal error: {type(error).__name__}")
+
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         return _error_response(422, "bad_request", str(error.errors()))
@@ -291,34 +303,44 @@ def create_app(
         ``text``, ``region`` as ``x0,y0,x1,y1``, decoding options) or as base64 in a JSON body.
         Concurrent requests with the same tasks, inputs and options are batched together."""
         started = time.perf_counter()
-        data, values = await read_prediction(request, settings.max_body_bytes)
+        data, values = await read_prediction(request, settings)
         tokens = parse_tasks(values.get("tasks"))
         text = values.get("text")
         check_text(text, settings.max_text_chars)
         region = parse_region(values.get("region"))
         chosen = parse_options(values, options, settings)
 
-        decode_started = time.perf_counter()
-        image = await run_in_threadpool(decode_image, data, settings.max_image_pixels)
-        decode_s = time.perf_counter() - decode_started
-        if region is not None:
-            check_region(region, image.size)
-        check_inputs(tokens, text, region, image.size)
-
-        key: BatchKey = (tokens, tuple(sorted(chosen.items())))
+        # a place in the queue before the image is decoded: a request that would be answered 503
+        # costs no decoding, and no more images are decoded or held than the queue has room for
         try:
-            future = batcher.submit(key, (image, text, region))
+            slot = batcher.slot()
         except QueueFullError as error:
             metrics.rejected.inc()
             raise ApiError(503, "queue_full", str(error), headers={"Retry-After": str(error.retry_after_s)}) from None
         except ShuttingDownError as error:
             raise ApiError(503, "shutting_down", str(error)) from None
+        with slot:
+            async with decoding:
+                decode_started = time.perf_counter()
+                image = await run_in_threadpool(decode_image, data, settings.max_image_pixels, prepare)
+                decode_s = time.perf_counter() - decode_started
+            del data
+            check_inputs(tokens, text, region, image.size)
+            key: BatchKey = (tokens, tuple(sorted(chosen.items())))
+            try:
+                future = slot.submit(key, (image, text, region))
+            except ShuttingDownError as error:
+                raise ApiError(503, "shutting_down", str(error)) from None
         try:
             outcome = await wait_unless_disconnected(future, request)
         except ApiError:
             raise
         except ShuttingDownError as error:
             raise ApiError(503, "shutting_down", str(error)) from None
+        except ImageLoadError as error:
+            raise ApiError(422, "bad_image", str(error)) from None
+        except RegionError as error:
+            raise ApiError(422, "bad_region", str(error)) from None
         except (Florence2Error, ValueError) as error:  # e.g. a prompt too long for the model
             raise ApiError(422, "bad_input", str(error)) from None
         except Exception as error:
@@ -327,7 +349,7 @@ def create_app(
         metrics.queue_wait.observe(outcome.queue_s)
         return PredictResponse(
             tasks=list(tokens),
-            image=ImageInfo(width=image.width, height=image.height),
+            image=ImageInfo(width=image.size[0], height=image.size[1]),
             results=outcome.result,
             timings=Timings(
                 decode_ms=round(decode_s * 1000, 3),
@@ -361,6 +383,8 @@ def create_app(
             "max_new_tokens": settings.max_new_tokens,
             "max_num_beams": settings.max_num_beams,
             "max_text_chars": settings.max_text_chars,
+            "max_decodes": settings.max_decodes,
+            "body_timeout_s": settings.body_timeout_s,
         },
         batching={
             "max_batch_size": settings.max_batch_size,

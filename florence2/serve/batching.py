@@ -9,7 +9,13 @@ the end of the previous batch too lets the clients it just answered join the nex
 batches alternating between many requests and the few left over.
 
 The queue is bounded: ``submit`` raises :class:`QueueFullError` when ``max_queue`` requests are
-waiting. Nothing here knows about HTTP or the model; ``run_batch`` does the work.
+waiting. A request can take its place before it is ready (``with batcher.slot() as slot: ...
+slot.submit(key, item)``), so that the work of getting it ready (decoding an image) is only done
+for requests that will be queued, and never for more than ``max_queue`` at a time.
+
+``run_batch`` returns one result per item; an item whose result is an exception fails alone (its
+request gets that exception), the others are answered from the same batch. Nothing here knows
+about HTTP or the model; ``run_batch`` does the work.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+# run_batch(key, items) -> one result per item; an exception instance as a result fails that item alone
 RunBatch = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
 
 
@@ -56,6 +63,33 @@ class _Job:
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
+class Slot:
+    """A place in the queue taken before the request is ready; see :meth:`Batcher.slot`."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher = batcher
+        self._held = True
+
+    def submit(self, key: Hashable, item: Any) -> Future:
+        """Queue the request in this slot (the slot is then used up)."""
+        if not self._held:
+            raise RuntimeError("this queue slot was already used or given back")
+        self._held = False
+        return self._batcher._submit(key, item, reserved=True)
+
+    def release(self) -> None:
+        """Give the slot back unused (idempotent)."""
+        if self._held:
+            self._held = False
+            self._batcher._unreserve()
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Batcher:
     """Groups queued requests by key into batches run on one worker thread.
 
@@ -85,6 +119,7 @@ class Batcher:
         self.max_queue = max_queue
         self.on_batch = on_batch
         self._pending: list[_Job] = []
+        self._reserved = 0  # slots taken for requests not yet submitted
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -137,15 +172,45 @@ class Batcher:
         """Queue one request; the future resolves to an :class:`Outcome` or the request's error.
 
         Raises:
-            QueueFullError: ``max_queue`` requests are already waiting.
+            QueueFullError: ``max_queue`` requests are already waiting (or have a slot).
             ShuttingDownError: the batcher was stopped (``start`` runs it again).
         """
+        return self._submit(key, item, reserved=False)
+
+    def slot(self) -> Slot:
+        """Take a place in the queue now for a request that is queued later (``slot.submit``), or
+        given back (``slot.release``, or leaving its ``with`` block). Slots count against
+        ``max_queue`` like waiting requests.
+
+        Raises:
+            QueueFullError, ShuttingDownError: as ``submit``.
+        """
+        with self._cond:
+            self._check_room()
+            self._reserved += 1
+        return Slot(self)
+
+    def _check_room(self) -> None:
+        # the caller holds self._cond
+        if self._stopping:
+            raise ShuttingDownError("the server is shutting down")
+        taken = len(self._pending) + self._reserved
+        if taken >= self.max_queue:
+            raise QueueFullError(taken, self._retry_after(taken))
+
+    def _unreserve(self) -> None:
+        with self._cond:
+            self._reserved -= 1
+
+    def _submit(self, key: Hashable, item: Any, reserved: bool) -> Future:
         job = _Job(key, item)
         with self._cond:
-            if self._stopping:
-                raise ShuttingDownError("the server is shutting down")
-            if len(self._pending) >= self.max_queue:
-                raise QueueFullError(len(self._pending), self._retry_after(len(self._pending)))
+            if reserved:
+                self._reserved -= 1
+                if self._stopping:
+                    raise ShuttingDownError("the server is shutting down")
+            else:
+                self._check_room()
             self._pending.append(job)
             self._ensure_thread()
             self._cond.notify_all()
@@ -204,15 +269,18 @@ class Batcher:
             if len(jobs) == 1:
                 jobs[0].future.set_exception(error)
                 return
-            # One bad item must not fail the others, and each request should get its own error:
-            # run them one by one.
+            # The whole call failed (not one item): so that one bad item cannot fail the others,
+            # and each request gets its own error, run them one by one.
             for job in jobs:
                 self._run_alone(job)
             return
         seconds = time.monotonic() - started
         self._record(len(jobs), seconds)
         for job, result in zip(jobs, results):
-            job.future.set_result(Outcome(result, started - job.enqueued_at, seconds, len(jobs)))
+            if isinstance(result, BaseException):  # this item failed alone
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(Outcome(result, started - job.enqueued_at, seconds, len(jobs)))
 
     def _run_alone(self, job: _Job) -> None:
         started = time.monotonic()
@@ -223,7 +291,10 @@ class Batcher:
             return
         finally:
             self._record(1, time.monotonic() - started)
-        job.future.set_result(Outcome(result, started - job.enqueued_at, time.monotonic() - started, 1))
+        if isinstance(result, BaseException):
+            job.future.set_exception(result)
+        else:
+            job.future.set_result(Outcome(result, started - job.enqueued_at, time.monotonic() - started, 1))
 
     def _record(self, size: int, seconds: float) -> None:
         self._batch_seconds = seconds if self._batch_seconds == 0 else 0.8 * self._batch_seconds + 0.2 * seconds

@@ -29,6 +29,13 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, help="largest image, w * h")
     p.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="limit of the option")
     p.add_argument("--max-num-beams", type=int, default=defaults.max_num_beams, help="limit of the option")
+    p.add_argument("--max-decodes", type=int, default=defaults.max_decodes, help="images decoded at once")
+    p.add_argument(
+        "--body-timeout", type=float, default=defaults.body_timeout_s, help="seconds a client may take to send a body"
+    )
+    p.add_argument(
+        "--max-connections", type=int, default=defaults.max_connections, help="connections served at once (503 above)"
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)
 
@@ -63,6 +70,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_image_pixels=args.max_image_pixels,
             max_new_tokens=args.max_new_tokens,
             max_num_beams=args.max_num_beams,
+            max_decodes=args.max_decodes,
+            body_timeout_s=args.body_timeout,
+            max_connections=args.max_connections,
             api_key=api_key,
         )
     except ValueError as error:
@@ -82,5 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     predictor = Florence2.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     app = create_app(predictor, settings, model_name=args.model or "embedded")
     print(f"florence2 serving on http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=args.log_level, limit_concurrency=settings.max_connections
+    )
     return 0

@@ -6,6 +6,7 @@ app answers it as ``{"error": code, "detail": message}``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -13,7 +14,7 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from PIL import Image
@@ -22,8 +23,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
-from florence2.errors import ImageLoadError, TaskError
-from florence2.image import load_image
+from florence2.errors import ImageLoadError, RegionError, TaskError
+from florence2.image import IMAGE_FORMATS, load_image
 from florence2.serve.schemas import OPTION_FIELDS, PredictFields, PredictJSONRequest
 from florence2.serve.settings import ServeSettings
 from florence2.tasks import TASKS, build_prompt, get_task, task_inputs
@@ -42,8 +43,18 @@ class ApiError(Exception):
 # ---------------------------------------------------------------------------------------------
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes, and with
+    408 when the client has not sent all of it within ``timeout_s`` seconds."""
+    try:
+        return await asyncio.wait_for(_read_body(request, limit), timeout_s)
+    except asyncio.TimeoutError:
+        raise ApiError(
+            408, "body_timeout", f"the body did not arrive within {timeout_s:g} s", headers={"Connection": "close"}
+        ) from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None:
         try:
@@ -61,15 +72,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_prediction(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
+async def read_prediction(request: Request, settings: ServeSettings) -> tuple[bytes, dict[str, Any]]:
     """The image bytes and the other fields of a multipart or JSON prediction request."""
-    body = await read_body(request, limit)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in ("multipart/form-data", "application/json"):
+        shown = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+        raise ApiError(415, "unsupported_media_type", f"{shown}: send multipart/form-data or application/json")
+    body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     if content_type == "multipart/form-data":
         return await parse_multipart(request, body)
-    if content_type in ("application/json", ""):
-        return parse_json_body(body)
-    raise ApiError(415, "unsupported_media_type", "send multipart/form-data or application/json")
+    return parse_json_body(body)
 
 
 def decode_base64(text: str) -> bytes:
@@ -96,6 +108,8 @@ def parse_json_body(body: bytes) -> tuple[bytes, dict[str, Any]]:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ApiError(400, "bad_json", f"the body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ApiError(400, "bad_json", "the JSON body is nested too deeply") from None
     if not isinstance(payload, dict):
         raise ApiError(422, "bad_request", "the JSON body must be an object")
     try:
@@ -211,23 +225,14 @@ def parse_options(values: dict[str, Any], accepted: Collection[str], settings: S
     return chosen
 
 
-def check_region(region: tuple[float, ...], size: tuple[int, int]) -> None:
-    x0, y0, x1, y1 = region
-    width, height = size
-    if not (x0 <= x1 and y0 <= y1):
-        raise ApiError(422, "bad_region", f"a region needs x0 <= x1 and y0 <= y1, got {list(region)}")
-    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-        raise ApiError(
-            422, "bad_region", f"region {list(region)} lies outside the {width}x{height} image (pixels, XYXY)"
-        )
-
-
 def check_inputs(tokens: Sequence[str], text: str | None, region: Sequence[float] | None, size: tuple[int, int]):
     """Build every task's prompt once here, so a bad input is a 422 before the request queues."""
     several = len(tokens) > 1
     try:
         for token in tokens:
             build_prompt(token, *task_inputs(token, text, region, several), image_size=size)
+    except RegionError as error:
+        raise ApiError(422, "bad_region", str(error)) from None
     except TaskError as error:
         raise ApiError(422, "bad_input", str(error)) from None
     if several:
@@ -243,12 +248,14 @@ def check_inputs(tokens: Sequence[str], text: str | None, region: Sequence[float
 # ---------------------------------------------------------------------------------------------
 
 
-def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode an uploaded image; 413 above ``max_pixels`` (checked from the header), 422 if unreadable."""
+def decode_image(data: bytes, max_pixels: int, prepare: Callable[..., Any] = load_image) -> Any:
+    """Decode an uploaded image with ``prepare(data, max_pixels=...)`` (``load_image``, or a
+    predictor's ``prepare_image``, which turns it into model input at once); 413 above
+    ``max_pixels`` (checked from the header), 422 if unreadable."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as probe:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as probe:
                 width, height = probe.size
     except Image.DecompressionBombError as error:
         raise ApiError(413, "image_too_large", f"the image is too large: {error}") from None
@@ -261,6 +268,6 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
             f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
         )
     try:
-        return load_image(data, max_pixels=max_pixels)
+        return prepare(data, max_pixels=max_pixels)
     except ImageLoadError as error:
         raise ApiError(422, "bad_image", str(error)) from None

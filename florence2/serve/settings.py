@@ -28,8 +28,14 @@ class ServeSettings:
         max_new_tokens: largest ``max_new_tokens`` a request may ask for.
         max_num_beams: largest ``num_beams`` a request may ask for.
         max_text_chars: longest ``text`` input.
+        max_decodes: most images decoded at once (each holds up to ``max_image_pixels`` x 4 bytes
+            while it is decoded; a decoded image is turned into model input at once and let go).
+        body_timeout_s: longest time a client may take to send its body; 408 after it.
+        max_connections: most connections served at once (uvicorn's ``limit_concurrency``; 503 above);
+            together with ``max_body_bytes`` it bounds the memory held by bodies being read.
         api_key: when set, ``/v1/*`` and ``/metrics`` need ``Authorization: Bearer KEY`` or
-            ``X-API-Key: KEY``; ``/health``, the page and the example images stay open.
+            ``X-API-Key: KEY``; ``/health``, the page and the example images stay open. Printable
+            ASCII only (an HTTP header cannot carry anything else).
     """
 
     max_batch_size: int = 8
@@ -40,6 +46,9 @@ class ServeSettings:
     max_new_tokens: int = 1024
     max_num_beams: int = 5
     max_text_chars: int = 2000
+    max_decodes: int = 2
+    body_timeout_s: float = 30.0
+    max_connections: int = 100
     api_key: str | None = None
 
     def __post_init__(self) -> None:
@@ -50,6 +59,8 @@ class ServeSettings:
             "max_new_tokens",
             "max_num_beams",
             "max_text_chars",
+            "max_decodes",
+            "max_connections",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -57,5 +68,12 @@ class ServeSettings:
             raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.body_timeout_s <= 0:
+            raise ValueError(f"body_timeout_s must be > 0, got {self.body_timeout_s}")
         if self.api_key is not None and not self.api_key.strip():
             object.__setattr__(self, "api_key", None)
+        if self.api_key is not None and not all(" " < c <= "~" for c in self.api_key):
+            raise ValueError(
+                "the API key must be printable ASCII without spaces: clients send it in an HTTP header, "
+                "which cannot carry other characters, so any other key could never match"
+            )
