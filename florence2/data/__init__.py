@@ -1,4 +1,5 @@
-"""Data for florence2: the synthetic world the embedded model is trained on, and task samples."""
+"""Data for florence2: the synthetic world the embedded model is trained on, task samples, and the
+dataset formats that fine-tuning and the benchmarks read and write (:mod:`florence2.data.formats`)."""
 
 from florence2.data.samples import Sample, TaskMixture, all_samples, build_samples
 from florence2.data.synthetic import (
