@@ -12,6 +12,7 @@ naming them.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
@@ -51,6 +52,7 @@ __all__ = [
     "read_config",
     "read_generation_settings",
     "read_weights",
+    "recover_interrupted_save",
     "resolve_checkpoint",
     "save_model",
 ]
@@ -169,6 +171,7 @@ def read_generation_settings(folder: Path) -> dict:
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A local checkpoint folder for ``path``: a folder, a weights file inside one, or a hub id."""
     p = Path(path).expanduser()
+    recover_interrupted_save(p)
     if p.is_file():
         return p.parent
     if p.is_dir():
@@ -265,13 +268,18 @@ def save_model(
     """Write ``config.json``, ``generation_config.json`` and ``model.safetensors`` (native layout),
     plus the ``processor``'s tokenizer and preprocessor config when given, atomically: files are
     written to a temporary sibling folder that then replaces ``folder``. ``extra_files(tmp_folder)``
-    may add more files (a trainer's state) before the swap."""
+    may add more files (a trainer's state) before the swap. A save killed at any moment leaves a
+    complete checkpoint (the new or the previous one); one process writes a folder at a time."""
     from safetensors.torch import save_file
 
     if is_quantized(model):
         raise CheckpointError("this model is quantized for inference; save the float model it was made from")
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_save(folder)
+    for stale in folder.parent.glob(f".{glob.escape(folder.name)}.*"):  # temporaries of killed saves
+        if stale != _previous_copy(folder) and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a checkpoint is an ordinary folder
     try:
@@ -285,15 +293,33 @@ def save_model(
             processor.save_pretrained(tmp, model.config.num_image_tokens(processor.image_size))
         if extra_files is not None:
             extra_files(tmp)
-        old = None
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                file.chmod(0o644)  # some writers create private files; a checkpoint is for sharing
+        # At every moment one complete copy exists: ``folder``, or (after the first rename)
+        # ``.NAME.old``, which the next save or load puts back (recover_interrupted_save).
+        old = _previous_copy(folder)
         if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)  # folder is complete: an older copy is not needed
             os.replace(folder, old)
         os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _previous_copy(folder: Path) -> Path:
+    return folder.with_name(f".{folder.name}.old")
+
+
+def recover_interrupted_save(folder: str | os.PathLike) -> bool:
+    """Put back the previous copy of a checkpoint whose save was interrupted between its two renames
+    (``folder`` missing, ``.NAME.old`` present). True when something was put back."""
+    folder = Path(folder)
+    old = _previous_copy(folder)
+    if folder.exists() or not old.is_dir():
+        return False
+    os.replace(old, folder)
+    return True
