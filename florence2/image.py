@@ -218,8 +218,9 @@ def _bomb_error(name: str, error: Exception) -> ImageLoadError:
     )
 
 
-def _finish(image: Image.Image, name: str, max_pixels: int | None) -> Image.Image:
-    """Check the size, decode fully, apply EXIF orientation and convert to RGB."""
+def _finish(image: Image.Image, name: str, max_pixels: int | None, owned: bool = False) -> Image.Image:
+    """Check the size, decode fully, apply EXIF orientation and convert to RGB. ``owned``: the image
+    was opened here, so it may be changed in place (one full-size copy fewer while decoding)."""
     _check_pixels(image.size, max_pixels, name)
     try:
         image.load()
@@ -230,7 +231,7 @@ def _finish(image: Image.Image, name: str, max_pixels: int | None) -> Image.Imag
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's "Corrupt EXIF data" warnings: handled below
-            oriented = ImageOps.exif_transpose(image)
+            oriented = ImageOps.exif_transpose(image, in_place=owned)
     except Exception:
         # A broken EXIF block should not make an otherwise fine photo unreadable: keep the pixels
         # as stored.
@@ -298,7 +299,7 @@ def _open_and_finish(fp: IO[bytes], name: str, max_pixels: int | None) -> Image.
         except Exception as error:
             raise ImageLoadError(f"image {name} cannot be read: {error}") from error
         with image:
-            return _finish(image, name, max_pixels)
+            return _finish(image, name, max_pixels, owned=True)
 
 
 def _load_path(path: Path, max_pixels: int | None) -> Image.Image:

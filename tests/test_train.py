@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from florence2 import Florence2, Florence2Processor, ImageProcessor, load_model
+from florence2.errors import CheckpointError
 from florence2.model.florence2 import Florence2Model, shift_right
 from florence2.tasks import TASKS
 from florence2.tokenizer import train_bpe_tokenizer
@@ -434,6 +435,38 @@ def test_stop_at_then_resume_is_the_uninterrupted_run(processor, straight_run, t
     second = Trainer(new_model(processor, seed=1), processor, indexed_source(make_item), cfg)
     second.train(resume=True)
     assert losses(tmp_path) == losses(straight_run.out_dir)
+
+
+def test_resume_says_where_it_resumes_and_refuses_when_there_is_nothing(processor, tmp_path, capsys):
+    cfg = config(tmp_path, save_every=2)
+    with pytest.raises(CheckpointError, match=r"nothing to resume: .*checkpoint-last/trainer_state\.pt"):
+        Trainer(new_model(processor), processor, indexed_source(make_item), cfg).train(resume=True)
+    assert not (tmp_path / "metrics.jsonl").exists()  # nothing ran
+    Trainer(new_model(processor), processor, indexed_source(make_item), cfg).train(stop_at=2)
+    capsys.readouterr()
+    Trainer(new_model(processor), processor, indexed_source(make_item), cfg).train(resume=True)
+    assert f"resuming from {tmp_path / 'checkpoint-last'} at step 2 of 6" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not a pickle"])
+def test_a_damaged_trainer_state_is_named(processor, tmp_path, damage):
+    cfg = config(tmp_path, save_every=2)
+    Trainer(new_model(processor), processor, indexed_source(make_item), cfg).train(stop_at=2)
+    state = tmp_path / "checkpoint-last" / "trainer_state.pt"
+    data = state.read_bytes()
+    state.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "not a pickle": b"hello"}[damage])
+    with pytest.raises(CheckpointError, match=r"cannot resume from .*trainer_state\.pt: the file is truncated"):
+        Trainer(new_model(processor), processor, indexed_source(make_item), cfg).train(resume=True)
+
+
+def test_resume_after_a_save_killed_between_its_renames(processor, straight_run, tmp_path):
+    cfg = config(tmp_path, save_every=2, eval_every=3)
+    Trainer(new_model(processor), processor, indexed_source(make_item), cfg).train(stop_at=4)
+    folder = tmp_path / "checkpoint-last"
+    folder.rename(tmp_path / ".checkpoint-last.old")  # as a kill after the first rename leaves it
+    second = Trainer(new_model(processor, seed=1), processor, indexed_source(make_item), cfg)
+    second.train(resume=True)
+    assert second.step == 6 and losses(tmp_path) == losses(straight_run.out_dir)
 
 
 def test_checkpoint_is_a_native_model_folder_with_logs(straight_run, tmp_path):

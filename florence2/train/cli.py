@@ -144,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from florence2.pipeline import Florence2
     from florence2.train.batches import by_target_length, indexed_source
     from florence2.train.distributed import cleanup_distributed
-    from florence2.train.trainer import CHECKPOINT_NAME, TRAINER_STATE, TrainConfig, Trainer, make_loss_eval
+    from florence2.train.trainer import CHECKPOINT_NAME, TrainConfig, Trainer, make_loss_eval, resumable
 
     out = Path(args.out)
     if args.vision_pretrain_steps < 0:
@@ -158,10 +158,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         WorldConfig(image_size=args.scene_size, min_objects=args.min_objects, max_objects=args.max_objects),
         seed=args.seed,
     )
-    checkpoint = out / CHECKPOINT_NAME
-    if args.resume and (checkpoint / TRAINER_STATE).is_file():
+    if args.resume:
         # architecture and tokenizer as saved; the trainer restores weights and optimizer state
-        predictor = Florence2.from_pretrained(checkpoint)
+        predictor = Florence2.from_pretrained(resumable(out / CHECKPOINT_NAME))
         model, processor = predictor.model, predictor.processor
     elif args.model:
         predictor = Florence2.from_pretrained(args.model)

@@ -51,7 +51,7 @@ from florence2.model.florence2 import Florence2Model
 from florence2.processor import Florence2Processor
 from florence2.train.batches import by_target_length, indexed_source
 from florence2.train.lora import LoRAConfig, apply_lora, load_peft_adapter, merged_model
-from florence2.train.trainer import CHECKPOINT_NAME, RunSettings, TrainConfig, Trainer, make_loss_eval
+from florence2.train.trainer import CHECKPOINT_NAME, RunSettings, TrainConfig, Trainer, make_loss_eval, resumable
 
 # group name -> module prefixes (our names) that --freeze turns off
 FREEZE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -379,6 +379,8 @@ def finetune(config: FinetuneConfig, examples: Sequence[Example] | None = None) 
     """Fine-tune per ``config`` (see the module docstring); ``examples``: training examples built in
     Python, used beside (or instead of) ``config.data``. Returns where the checkpoint is and what
     the run used. Under ``torchrun`` every process calls this; rank 0 writes."""
+    if config.resume and config.steps:
+        resumable(Path(config.out_dir) / CHECKPOINT_NAME)  # before any data is read: is there anything?
     model, processor, source, generation = prepare_model(config)
     n_img = model.config.num_image_tokens(processor.image_size)
     out = Path(config.out_dir)

@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from florence2.coords import NUM_BINS
+from florence2.errors import CheckpointError
 from florence2.model.florence2 import Florence2Model, shift_right
 from florence2.processor import Florence2Processor
 from florence2.progress import ProgressBar, progress_bar
@@ -65,6 +66,7 @@ from florence2.train.distributed import DistInfo, all_reduce_sum, barrier, setup
 from florence2.train.lora import count_parameters, has_lora, lora_layers, lora_state, merged_model, save_peft_adapter
 from florence2.train.losses import distillation_loss, jitter_locations, location_smoothed_loss
 from florence2.train.plot import plot_metrics
+from florence2.weights import recover_interrupted_save
 
 EvalFn = Callable[[Florence2Model, int], dict[str, float]]
 
@@ -414,18 +416,18 @@ class Trainer:
     # --- the loop ---
 
     def train(self, resume: bool | str = False, stop_at: int | None = None) -> list[dict[str, Any]]:
-        """Train up to ``config.total_steps``. ``resume``: True continues from ``out_dir/checkpoint-last``
-        when it exists (else starts afresh), a path continues from that checkpoint folder.
+        """Train up to ``config.total_steps``. ``resume``: True continues from ``out_dir/checkpoint-last``,
+        a path from that checkpoint folder; either is a :class:`CheckpointError` (naming the file)
+        when there is nothing to resume or its trainer state cannot be read.
         ``stop_at``: save and stop after this step, leaving the schedule as for ``total_steps`` (a later
         ``resume`` continues, e.g. with other data for a curriculum).
         Returns the records logged by this call (the same global numbers on every rank)."""
         cfg, main = self.config, self.dist.is_main
         if resume:
-            folder = self.checkpoint_dir if resume is True else Path(resume)
-            if (folder / TRAINER_STATE).is_file():
-                self.load_checkpoint(folder)
-            elif resume is not True:
-                raise FileNotFoundError(f"no {TRAINER_STATE} in {folder}")
+            folder = resumable(self.checkpoint_dir if resume is True else Path(resume))
+            self.load_checkpoint(folder)
+            if main:
+                print(f"resuming from {folder} at step {self.step} of {cfg.total_steps}", file=sys.stderr, flush=True)
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             info = {
@@ -599,7 +601,14 @@ class Trainer:
         from florence2.weights import convert_state_dict, load_state_dict_strict, read_weights
 
         folder = Path(folder)
-        state = torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=True)
+            step, rng = int(state["step"]), state["rng"]
+        except Exception as error:  # noqa: BLE001 - a truncated or foreign file fails in many ways
+            raise CheckpointError(
+                f"cannot resume from {folder / TRAINER_STATE}: the file is truncated or corrupt "
+                f"({type(error).__name__}: {error})"
+            ) from error
         weights = convert_state_dict(read_weights(folder))
         if has_lora(self.model):
             # the file holds merged weights; the frozen base stays as loaded, the adapters come back
@@ -626,10 +635,22 @@ class Trainer:
                     "resume from the same starting checkpoint"
                 )
         self.best = state.get("best")
-        self.step = int(state["step"])
+        self.step = step
         self._window = list(state.get("loss_window", []))
         self._elapsed_before = float(state.get("elapsed", 0.0))
-        _set_rng_state(state["rng"])
+        _set_rng_state(rng)
+
+
+def resumable(folder: str | Path) -> Path:
+    """``folder`` if a run can resume from it (a save interrupted between its renames is put back
+    first); else a :class:`CheckpointError` that says what is missing."""
+    folder = Path(folder)
+    recover_interrupted_save(folder)
+    if not (folder / TRAINER_STATE).is_file():
+        raise CheckpointError(
+            f"nothing to resume: {folder / TRAINER_STATE} does not exist (leave out --resume to start a new run)"
+        )
+    return folder
 
 
 def _fingerprint(model: nn.Module) -> list[float]:
