@@ -205,7 +205,7 @@ def check_region(region: Sequence[float], image_size: tuple[int, int]) -> None:
         raise RegionError(f"region {list(region)} lies outside the {width}x{height} image (pixels, XYXY)")
 
 
-def check_text(text: str) -> None:
+def check_unicode(text: str) -> None:
     """A text input must be valid Unicode (no lone surrogates, which no tokenizer can encode)."""
     try:
         text.encode("utf-8")
@@ -259,7 +259,7 @@ def build_prompt(
         TaskError: unknown task, input given to a task that takes none, or a missing/malformed input.
     """
     if text is not None:
-        check_text(text)
+        check_unicode(text)
         text = text.strip()
     if task is None:
         if region is not None:

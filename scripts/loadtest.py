@@ -8,13 +8,23 @@ Without ``--url`` it starts ``florence2 serve`` on a free loopback port (the emb
 default 8) and once with it off (``--max-batch-size 1``), each on a fresh server; ``--rounds N``
 repeats that, alternating the modes, so that other load on the machine affects both alike.
 
-Each client posts the shipped example images in turn (multipart, one task per request, cycling
-through ``--task``) and checks every answer: 200 with results equal to a direct
+Each client posts the shipped example images in turn (or the ``--image`` files; multipart, one task
+per request, cycling through ``--task``) and checks every answer: 200 with results equal to a direct
 ``Florence2.predict`` on the same image (strings and coordinates exact, scores within 1e-4), or 503
 (queue full, then it waits a little). Every request is counted; anything else (another status, a
 wrong answer, a connection error) is reported and makes the exit status 1. Reported: throughput,
 latency percentiles, the batch-size histogram from ``/metrics``, and the server's own request
 counts, which must match the clients'.
+
+``--poison-clients N`` makes N of the clients send a text that is not valid Unicode (a lone
+surrogate) with ``<OPEN_VOCABULARY_DETECTION>``: each must get 422, and the others' throughput is
+what it costs them; ``--poison-compare`` runs without and with them on fresh servers. A poison
+client waits ``--poison-interval`` seconds after each answer (default 0.4, about a clean client's
+pace here); 0 makes it a flood, which tests the cost of any stream of requests refused at once. With a
+started server, its resident memory is sampled during the run (idle before, peak, after).
+
+    .venv/bin/python scripts/loadtest.py --clients 16 --duration 20 --poison-clients 1 --poison-compare
+    .venv/bin/python scripts/loadtest.py --clients 16 --max-queue 4 --image big.png --duration 20
 """
 
 from __future__ import annotations
@@ -137,6 +147,24 @@ class Tally:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+POISON_TASK = "<OPEN_VOCABULARY_DETECTION>"
+
+
+def poison_bodies(images: dict[str, bytes]) -> list[tuple[str, str, bytes, str]]:
+    """Requests whose text is not valid Unicode (a lone surrogate): each must be answered 422."""
+    import base64
+
+    return [
+        (
+            name,
+            "poison",
+            json.dumps({"image": base64.b64encode(data).decode(), "tasks": POISON_TASK, "text": "\ud800x"}).encode(),
+            "application/json",
+        )
+        for name, data in images.items()
+    ]
+
+
 def client_loop(
     url: str,
     headers: dict[str, str],
@@ -145,6 +173,7 @@ def client_loop(
     offset: int,
     deadline: float,
     tally: Tally,
+    poison_interval: float = 0.0,
 ) -> None:
     conn = Connection(url, headers)
     index = offset
@@ -163,6 +192,13 @@ def client_loop(
             conn = Connection(url, headers)
             continue
         elapsed = time.monotonic() - started
+        if task == "poison":
+            with tally.lock:
+                tally.outcomes["poison-422" if status == 422 else f"poison-status-{status}"] += 1
+                if status != 422:
+                    tally.problems.append(f"poison request answered {status}: {raw[:200]!r}")
+            time.sleep(poison_interval)
+            continue
         if status == 200:
             data = json.loads(raw)
             correct = same(data["results"], expected[(name, task)])
@@ -206,7 +242,52 @@ def server_counts(metrics: str) -> dict[str, int]:
     }
 
 
-def run_load(args: argparse.Namespace, url: str, label: str, expected: dict, images: dict[str, bytes]) -> dict:
+class MemorySampler:
+    """Resident memory of a process (``/proc``, Linux): idle when made, peak while running, at the end."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid, self.peak_mib = pid, 0.0
+        self.idle_mib = self.read()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        if self.idle_mib is not None:
+            self._thread.start()
+
+    def read(self) -> float | None:
+        try:
+            with open(f"/proc/{self.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except (OSError, TypeError):
+            return None
+        return None
+
+    def _run(self) -> None:
+        while not self._done.wait(0.02):
+            self.peak_mib = max(self.peak_mib, self.read() or 0.0)
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.end_mib = self.read()
+
+    def figures(self) -> dict[str, float] | None:
+        if self.idle_mib is None:
+            return None
+        return {"idle": round(self.idle_mib), "peak": round(self.peak_mib), "end": round(self.end_mib or 0)}
+
+
+def run_load(
+    args: argparse.Namespace,
+    url: str,
+    label: str,
+    expected: dict,
+    images: dict[str, bytes],
+    pid: int | None = None,
+    poisoned: int = 0,
+) -> dict:
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
     bodies = [
         (name, task, *multipart(data, name, {"task": task})) for name, data in images.items() for task in args.task
@@ -219,16 +300,22 @@ def run_load(args: argparse.Namespace, url: str, label: str, expected: dict, ima
 
     tally = Tally()
     deadline = time.monotonic() + args.duration
+    poison = poison_bodies(images)
     threads = [
-        threading.Thread(target=client_loop, args=(url, headers, bodies, expected, i, deadline, tally))
+        threading.Thread(
+            target=client_loop,
+            args=(url, headers, poison if i < poisoned else bodies, expected, i, deadline, tally, args.poison_interval),
+        )
         for i in range(args.clients)
     ]
+    memory = MemorySampler(pid)
     started = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     wall = time.monotonic() - started
+    memory.stop()
     _, after = get(url, "/metrics", headers)
     before_text, after_text = before.decode(), after.decode()
 
@@ -247,6 +334,8 @@ def run_load(args: argparse.Namespace, url: str, label: str, expected: dict, ima
         "label": label,
         "load_average_1min": round(os.getloadavg()[0], 2),
         "clients": args.clients,
+        "poison_clients": poisoned,
+        "server_rss_mib": memory.figures(),
         "duration_s": round(wall, 2),
         "sent": tally.sent,
         "outcomes": dict(tally.outcomes),
@@ -280,7 +369,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "florence2.cli", "serve", "--port", str(self.port)]
         command += ["--max-batch-size", str(max_batch_size), "--max-queue", str(args.max_queue)]
-        command += ["--log-level", "warning"]
+        command += ["--log-level", "warning", "--max-decodes", str(args.max_decodes)]
         if args.max_wait_ms is not None:
             command += ["--max-wait-ms", str(args.max_wait_ms)]
         if args.model:
@@ -324,13 +413,23 @@ def report(results: list[dict]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        other = sum(n for k, n in r["outcomes"].items() if k not in ("ok", "503"))
+        other = sum(n for k, n in r["outcomes"].items() if k not in ("ok", "503", "poison-422"))
         lat = r["latency_ms"]
         lines.append(
             f"| {r['label']} | {r['clients']} | {r['duration_s']} | {r['sent']} | {r['outcomes'].get('ok', 0)} | "
             f"{r['outcomes'].get('503', 0)} | {other} | {r['lost']} | {r['throughput_rps']} | {lat['p50']} | "
             f"{lat['p90']} | {lat['p99']} | {r['mean_batch_size']} | {r['load_average_1min']} |"
         )
+    lines.append("")
+    for r in results:
+        if r["poison_clients"]:
+            lines.append(
+                f"poison clients ({r['label']}): {r['poison_clients']}, answered 422: "
+                f"{r['outcomes'].get('poison-422', 0)}"
+            )
+        if r["server_rss_mib"]:
+            rss = r["server_rss_mib"]
+            lines.append(f"server RSS MiB ({r['label']}): idle {rss['idle']}, peak {rss['peak']}, end {rss['end']}")
     lines.append("")
     for r in results:
         hist = ", ".join(f"<={le}: {n}" for le, n in r["batch_size_histogram"].items())
@@ -355,26 +454,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="repeat the runs, alternating the modes")
     parser.add_argument("--api-key", default=os.environ.get("FLORENCE2_API_KEY"))
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--image", action="append", type=Path, help="post these images (repeatable; default examples)")
+    parser.add_argument("--max-decodes", type=int, default=2, help="for the started server")
+    parser.add_argument("--poison-clients", type=int, default=0, help="clients sending text that is not Unicode")
+    parser.add_argument("--poison-compare", action="store_true", help="run without the poison clients, then with them")
+    parser.add_argument(
+        "--poison-interval",
+        type=float,
+        default=0.4,
+        help="seconds a poison client waits after each answer (0: a flood; default about a clean client's pace)",
+    )
     args = parser.parse_args(argv)
     args.task = args.task or ["<OD>"]
 
-    images = {path.name: path.read_bytes() for path in sorted(EXAMPLES.glob("*.png"))}
+    paths = args.image or sorted(EXAMPLES.glob("*.png"))
+    images = {path.name: path.read_bytes() for path in paths}
     expected = expected_answers(images, args.task, args.model)
     results = []
     if args.url:
-        results.append(run_load(args, args.url.rstrip("/"), "given server", expected, images))
+        results.append(
+            run_load(args, args.url.rstrip("/"), "given server", expected, images, poisoned=args.poison_clients)
+        )
     else:
-        modes = [("batching on", args.max_batch_size)] + ([("batching off", 1)] if args.compare else [])
+        modes = [("batching on", args.max_batch_size, args.poison_clients)]
+        if args.compare:
+            modes.append(("batching off", 1, args.poison_clients))
+        if args.poison_compare:
+            modes = [("clean", args.max_batch_size, 0), ("poisoned", args.max_batch_size, args.poison_clients)]
         for round_index in range(args.rounds):
-            for label, size in modes:
+            for label, size, poisoned in modes:
                 name = f"{label} (max batch {size})" + (f", round {round_index + 1}" if args.rounds > 1 else "")
                 with ServerProcess(args, size) as server:
                     print(f"{name}: {' '.join(server.command[1:])}", file=sys.stderr, flush=True)
-                    results.append(run_load(args, server.url, name, expected, images))
+                    results.append(
+                        run_load(args, server.url, name, expected, images, server.process.pid, poisoned=poisoned)
+                    )
     print(report(results))
     if args.rounds > 1:
         print()
-        for label, _size in modes:
+        for label, *_ in modes:
             runs = [r for r in results if r["label"].startswith(f"{label} (")]
             print(
                 f"median over {len(runs)} rounds, {label}: "
@@ -383,13 +501,21 @@ def main(argv: list[str] | None = None) -> int:
             )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    bad = [r for r in results if r["lost"] or set(r["outcomes"]) - {"ok", "503"}]
+    bad = [r for r in results if r["lost"] or set(r["outcomes"]) - {"ok", "503", "poison-422"}]
     for r in bad:
         print(f"{r['label']}: problems: {r['problems']}", file=sys.stderr)
     mismatched = []
     for r in results:
         answered = r["outcomes"].get("ok", 0) + r["outcomes"].get("wrong", 0)
-        clients = {k: v for k, v in (("200", answered), ("503", r["outcomes"].get("503", 0))) if v}
+        clients = {
+            k: v
+            for k, v in (
+                ("200", answered),
+                ("503", r["outcomes"].get("503", 0)),
+                ("422", r["outcomes"].get("poison-422", 0)),
+            )
+            if v
+        }
         if r["server_status_counts"] != clients:
             mismatched.append(r)
             print(

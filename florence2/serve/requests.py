@@ -27,7 +27,7 @@ from florence2.errors import ImageLoadError, RegionError, TaskError
 from florence2.image import IMAGE_FORMATS, load_image
 from florence2.serve.schemas import OPTION_FIELDS, PredictFields, PredictJSONRequest
 from florence2.serve.settings import ServeSettings
-from florence2.tasks import TASKS, build_prompt, get_task, task_inputs
+from florence2.tasks import TASKS, build_prompt, check_unicode, get_task, task_inputs
 
 
 class ApiError(Exception):
@@ -194,8 +194,15 @@ def parse_tasks(value: list[str] | str | None) -> tuple[str, ...]:
 
 
 def check_text(text: str | None, max_chars: int) -> None:
-    if text is not None and len(text) > max_chars:
+    """The text's length, and that it can be encoded at all (before anything is decoded or queued)."""
+    if text is None:
+        return
+    if len(text) > max_chars:
         raise ApiError(422, "text_too_long", f"text is {len(text)} characters; the limit is {max_chars}")
+    try:
+        check_unicode(text)
+    except TaskError as error:
+        raise ApiError(422, "bad_input", str(error)) from None
 
 
 def parse_region(value: list[float] | str | None) -> tuple[float, ...] | None:
