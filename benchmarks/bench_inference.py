@@ -110,7 +110,10 @@ class OursRunner:
         return self.model.encode_image(pixel_values)
 
     def generate(self, pixel_values: torch.Tensor, prompt: torch.Tensor, new_tokens: int, beams: int) -> torch.Tensor:
-        return self.model.generate(
+        from florence2.generation import generate
+
+        return generate(
+            self.model,
             pixel_values,
             prompt,
             num_beams=beams,
