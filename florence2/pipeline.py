@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,16 @@ from florence2.weights import load_model, read_generation_settings, resolve_chec
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "model"
 # keyword options of ``Florence2.predict`` other than the decoding options
 PREDICT_OPTIONS = frozenset({"batch_size", "progress", "score_threshold", "nms_iou", "on_error"})
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image already through the vision tower (:meth:`Florence2.encode_images`): its image tokens
+    and original size. ``predict`` takes it wherever it takes an image and skips the vision tower, so
+    one encoding serves any number of later calls (e.g. a grounding pass on a caption just made)."""
+
+    features: torch.Tensor  # (N_img, D) image tokens, on the model's device
+    size: tuple[int, int]  # (width, height) of the original image
 
 
 def default_model_path() -> Path:
@@ -109,6 +119,43 @@ class Florence2:
         ``predict`` takes the result wherever it takes an image, with the same results."""
         return self.processor.image_processor.prepare(image, max_pixels=max_pixels)
 
+    def encode_images(
+        self, images: Sequence[ImageSource], *, on_error: str = "raise"
+    ) -> list[EncodedImage | Florence2Error]:
+        """Run the vision tower once per image (as one batch); ``predict`` takes the results as images.
+        ``on_error="return"``: an image that cannot be read gives its error in its place."""
+        prepared: list[PreparedImage | Florence2Error] = []
+        for image in images:
+            try:
+                prepared.append(self._prepared(image))
+            except Florence2Error as error:
+                if on_error == "raise":
+                    raise
+                prepared.append(error)
+        good = [p for p in prepared if isinstance(p, PreparedImage)]
+        features = iter(self._image_features(good)) if good else iter(())
+        return [EncodedImage(next(features), p.size) if isinstance(p, PreparedImage) else p for p in prepared]
+
+    def _prepared(self, image: Any) -> PreparedImage | EncodedImage:
+        if isinstance(image, (PreparedImage, EncodedImage)):
+            return image
+        return self.processor.image_processor.prepare(image)
+
+    def _image_features(self, images: Sequence[PreparedImage | EncodedImage]) -> torch.Tensor:
+        """(B, N_img, D) image tokens: the vision tower runs once, on the images not encoded yet."""
+        device, dtype = self.model.device, self.model.dtype
+        todo = [image for image in images if isinstance(image, PreparedImage)]
+        with torch.inference_mode():
+            if todo:
+                pixel_values, _ = self.processor.image_processor.preprocess(todo)
+                computed = iter(self.model.encode_image(pixel_values.to(device)))
+            return torch.stack(
+                [
+                    next(computed) if isinstance(image, PreparedImage) else image.features.to(device, dtype)
+                    for image in images
+                ]
+            )
+
     def decoding_options(self, **overrides: Any) -> DecodingOptions:
         return DecodingOptions.for_model(self.model.config, **{**self.generation_defaults, **overrides})
 
@@ -185,10 +232,10 @@ class Florence2:
     ) -> list[dict[str, Any] | Florence2Error]:
         # each image on its own first: a bad image or input fails that image alone (on_error="return")
         outcomes: list[dict[str, Any] | Florence2Error] = []
-        ready: list[tuple[int, PreparedImage, list[str]]] = []
+        ready: list[tuple[int, PreparedImage | EncodedImage, list[str]]] = []
         for i, source in enumerate(images):
             try:
-                image = source if isinstance(source, PreparedImage) else self.processor.image_processor.prepare(source)
+                image = self._prepared(source)
                 prompts = [self.processor.build_prompt(t, text, region, image.size) for t, text, region in requests[i]]
                 self.processor.tokenize(prompts, self.num_image_tokens)  # a prompt too long for the model
             except Florence2Error as error:
@@ -206,13 +253,13 @@ class Florence2:
 
     def _run_model(
         self,
-        ready: list[tuple[int, PreparedImage, list[str]]],
+        ready: list[tuple[int, PreparedImage | EncodedImage, list[str]]],
         requests: list[list[tuple[str | None, str | None, Sequence[float] | str | None]]],
         options: DecodingOptions,
         score_threshold: float | None,
         nms_iou: float | None,
     ) -> list[dict[str, Any]]:
-        pixel_values, sizes = self.processor.image_processor.preprocess([image for _, image, _ in ready])
+        sizes = [image.size for _, image, _ in ready]
         results: list[dict[str, Any]] = [{} for _ in sizes]
         sequence_scores: list[dict[str, float]] = [{} for _ in sizes]
         # every (task, image) pair is one row of a single padded batch: the decoder reads its
@@ -222,8 +269,8 @@ class Florence2:
         prompts = [ready[i][2][k] for k in range(len(requests[0])) for i in range(len(sizes))]
         input_ids, mask = self.processor.tokenize(prompts, self.num_image_tokens)
         device = self.model.device
+        features = self._image_features([image for _, image, _ in ready])  # once for every task
         with torch.inference_mode():
-            features = self.model.encode_image(pixel_values.to(device))  # once for every task
             if len(rows) > len(sizes):
                 features = features[torch.tensor([i for i, _ in rows], device=device)]
             memory, memory_mask = self.model.encode(features, input_ids.to(device), mask.to(device))

@@ -249,3 +249,21 @@ def test_prepared_images_give_the_same_results(predictor, images):
     assert prepared[0].size == (80, 60)
     for task in ("<OD>", "<CAPTION>"):
         assert_same_result(predictor.predict(prepared, task), predictor.predict(images, task))
+
+
+def test_encoded_images_skip_the_vision_tower_with_the_same_results(predictor, images, tmp_path, monkeypatch):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+    encoded = predictor.encode_images([images[0], broken, images[2]], on_error="return")
+    assert isinstance(encoded[1], ImageLoadError) and encoded[0].size == (80, 60)
+    calls = []
+    real = predictor.model.encode_image
+    monkeypatch.setattr(predictor.model, "encode_image", lambda pixels: calls.append(len(pixels)) or real(pixels))
+    good = [encoded[0], encoded[2]]
+    for task, text in (("<OD>", None), ("<CAPTION_TO_PHRASE_GROUNDING>", "a red circle")):
+        assert_same_result(
+            predictor.predict(good, task, text=text), predictor.predict([images[0], images[2]], task, text=text)
+        )
+    mixed = predictor.predict([encoded[0], images[1]], "<OD>")
+    assert calls == [2, 2, 1]  # only the images given as files went through the tower
+    assert_same_result(mixed, predictor.predict([images[0], images[1]], "<OD>"))
