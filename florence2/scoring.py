@@ -33,7 +33,7 @@ import torch
 from florence2.coords import LOC_PATTERN
 
 # result keys holding regions, each with the labels and scores keys parallel to it
-_REGION_KEYS = (
+REGION_KEYS = (
     ("bboxes", "labels", "scores"),
     ("bboxes", "bboxes_labels", "bboxes_scores"),
     ("quad_boxes", "labels", "scores"),
@@ -161,7 +161,7 @@ def box_iou(boxes_a: Any, boxes_b: Any) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def _bounding_box(shape: Any) -> list[float]:
+def bounding_box(shape: Any) -> list[float]:
     """XYXY hull of a box, a flat point list, or a list of flat polygons."""
     flat = np.asarray(
         [v for part in shape for v in (part if isinstance(part, (list, tuple)) else [part])], dtype=np.float64
@@ -185,23 +185,33 @@ def nms(boxes: Any, scores: Sequence[float], labels: Sequence[str] | None, iou: 
     return kept
 
 
+def region_groups(result: Any) -> list[tuple[str, str, str]]:
+    """The (shapes, labels, scores) key triples of :data:`REGION_KEYS` present in one task's result."""
+    if not isinstance(result, dict):
+        return []
+    return [keys for keys in REGION_KEYS if all(key in result for key in keys)]
+
+
+def keep_regions(result: dict, keys: tuple[str, str, str], keep: Sequence[int]) -> dict:
+    """A copy of ``result`` whose regions under ``keys`` are those at the indices ``keep`` (in order)."""
+    result = dict(result)
+    for key in keys:
+        result[key] = [result[key][i] for i in keep]
+    return result
+
+
 def filter_result(result: Any, score_threshold: float | None = None, nms_iou: float | None = None) -> Any:
     """Drop regions scoring under ``score_threshold`` and apply per-label NMS at ``nms_iou`` to one
     task's result dict (regions need their ``scores``; text results pass through unchanged).
     Kept regions stay in their original order; quads and polygons use their bounding box for NMS."""
-    if not isinstance(result, dict) or (score_threshold is None and nms_iou is None):
+    if score_threshold is None and nms_iou is None:
         return result
-    result = dict(result)
-    for shapes_key, labels_key, scores_key in _REGION_KEYS:
-        if shapes_key not in result or labels_key not in result or scores_key not in result:
-            continue
-        shapes, labels, scores = result[shapes_key], result[labels_key], result[scores_key]
+    for keys in region_groups(result):
+        shapes, labels, scores = (result[key] for key in keys)
         keep = [i for i, s in enumerate(scores) if score_threshold is None or s >= score_threshold]
         if nms_iou is not None and keep:
-            boxes = [_bounding_box(shapes[i]) for i in keep]
+            boxes = [bounding_box(shapes[i]) for i in keep]
             kept = nms(boxes, [scores[i] for i in keep], [labels[i] for i in keep], nms_iou)
             keep = sorted(keep[k] for k in kept)
-        result[shapes_key] = [shapes[i] for i in keep]
-        result[labels_key] = [labels[i] for i in keep]
-        result[scores_key] = [scores[i] for i in keep]
+        result = keep_regions(result, keys, keep)
     return result
