@@ -47,6 +47,8 @@ COMMANDS: dict[str, Command] = {
     "eval": Command("evaluate on the paper's benchmarks or the synthetic world", "florence2.eval.cli:add_eval_parser"),
     "finetune": Command("fine-tune a checkpoint on your datasets", "florence2.train.cli:add_finetune_parser"),
     "serve": Command("HTTP API and web page", "florence2.serve.cli:add_serve_parser"),
+    "label": Command("label images, archives and videos into a dataset", "florence2.label.cli:add_label_parser"),
+    "dataset": Command("statistics, search and export of a labeled dataset", "florence2.label.cli:add_dataset_parser"),
     "tasks": Command("list the tasks and their prompts", "florence2.cli:add_tasks_parser"),
 }
 

@@ -1,0 +1,521 @@
+"""The labeling engine: sources -> background decoding -> batched inference -> filters -> the store.
+
+>>> from florence2.label import label
+>>> summary = label(["photos/", "shards/*.tar", "clip.mp4"], "my-dataset", preset="fld")
+>>> summary.labeled, summary.failed, summary.images_per_second
+
+Each image is read and decoded once, on a background thread (``workers``), while the model runs on
+the batch before; its content id (SHA-256 of its bytes) decides whether it was labeled already, under
+this name or another. A batch goes through the vision tower once, then every task of the run decodes
+from that one encoding (the FLD preset's grounding pass on its own detailed captions included). The
+batch's records are written in one transaction, so after ``kill -9`` the same command labels what is
+left: every image exactly once. An image that cannot be read is recorded as failed and the run goes
+on; ``retry_failed`` tries those again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from florence2 import __version__
+from florence2.errors import Florence2Error, ImageLoadError, TaskError
+from florence2.image import PreparedImage
+from florence2.label.filters import GROUNDING, Filters, region_text_pairs
+from florence2.label.sources import SourceItem, count_sources, iter_sources
+from florence2.label.store import DatasetStore, Outcome, content_id
+from florence2.pipeline import DEFAULT_MODEL_DIR, EncodedImage, Florence2
+from florence2.progress import progress_bar
+from florence2.tasks import get_task
+from florence2.weights import resolve_checkpoint
+
+OPEN_VOCABULARY = "<OPEN_VOCABULARY_DETECTION>"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named set of tasks; ``ground``: a caption task whose answer is then grounded."""
+
+    tasks: tuple[str, ...]
+    ground: str | None = None
+    description: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "fld": Preset(
+        (
+            "<CAPTION>",
+            "<DETAILED_CAPTION>",
+            "<MORE_DETAILED_CAPTION>",
+            "<OD>",
+            "<DENSE_REGION_CAPTION>",
+            "<OCR_WITH_REGION>",
+        ),
+        ground="<DETAILED_CAPTION>",
+        description="the FLD-5B record: three captions, region-text pairs (<OD>, dense region captions), "
+        "phrase-region triplets (grounding the detailed caption), OCR with regions",
+    ),
+    "detect": Preset(("<OD>",), description="object detection"),
+    "caption": Preset(("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>"), description="three captions"),
+    "ocr": Preset(("<OCR>", "<OCR_WITH_REGION>"), description="text, and text with its regions"),
+}
+
+
+def parse_ontology(value: str | os.PathLike | Mapping[str, str]) -> dict[str, str]:
+    """``"phrase=class,phrase=class"`` (a bare ``phrase`` is its own class), a file of such lines
+    (or of one JSON object ``{"phrase": "class"}``), or a mapping -> ``{phrase: class}``."""
+    if isinstance(value, Mapping):
+        pairs = [(str(k), str(v)) for k, v in value.items()]
+    else:
+        text = str(value)
+        path = Path(text)
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            if text.lstrip().startswith("{"):
+                try:
+                    data = json.loads(text)
+                except json.JSONDecodeError as error:
+                    raise TaskError(f"ontology file {path} is not valid JSON: {error}") from error
+                return parse_ontology(data)
+            entries = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        else:
+            entries = text.split(",")
+        pairs = []
+        for entry in entries:
+            phrase, _, name = entry.partition("=")
+            pairs.append((phrase.strip(), (name or phrase).strip()))
+    ontology = {}
+    for phrase, name in pairs:
+        if not phrase or not name:
+            raise TaskError(f"an ontology entry needs a phrase and a class (phrase=class), got {phrase!r}={name!r}")
+        ontology[phrase] = name
+    if not ontology:
+        raise TaskError("the ontology is empty")
+    return ontology
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What is labeled: the tasks run on every image, the caption task grounded afterwards, the
+    ontology's phrases (each an open-vocabulary query) and their classes."""
+
+    tasks: tuple[str, ...]
+    ground: str | None = None
+    ontology: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def make(
+        cls,
+        preset: str | None = None,
+        tasks: Sequence[str] | None = None,
+        ontology: str | os.PathLike | Mapping[str, str] | None = None,
+    ) -> Plan:
+        if preset is not None and preset not in PRESETS:
+            raise TaskError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        chosen = PRESETS[preset] if preset else Preset(())
+        names = list(chosen.tasks) + [get_task(t).token for t in tasks or ()]
+        phrases = parse_ontology(ontology) if ontology is not None else {}
+        if not names and not phrases:
+            chosen = PRESETS["fld"]
+            names = list(chosen.tasks)
+        for name in names:
+            spec = get_task(name)
+            if spec.input != "none":
+                raise TaskError(
+                    f"{spec.token} needs a {spec.input} input for every image; label with tasks that take "
+                    "none (the ontology gives open-vocabulary detection its phrases)"
+                )
+        return cls(tuple(dict.fromkeys(names)), chosen.ground, phrases)
+
+    def settings(self) -> dict[str, Any]:
+        return {"tasks": list(self.tasks), "ground": self.ground, "ontology": self.ontology}
+
+
+@dataclass
+class LabelSummary:
+    """What a labeling run did."""
+
+    dataset: str
+    run: int
+    resumed: bool
+    total: int  # sources seen
+    labeled: int = 0  # images labeled by this call
+    skipped: int = 0  # sources already labeled by this run (earlier calls)
+    duplicates: int = 0  # sources holding an image labeled under another name
+    failed: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)  # the first ones: source and error
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)  # task -> reason -> regions
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.labeled / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "images_per_second": round(self.images_per_second, 3)}
+
+    def lines(self) -> list[str]:
+        """A human summary."""
+        out = [
+            f"dataset {self.dataset}, run {self.run} ({'resumed' if self.resumed else 'new'}): "
+            f"{self.labeled} images labeled, {self.skipped} already done, {self.duplicates} duplicates of "
+            f"labeled images, {self.failed} failed, in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s)"
+        ]
+        for task, reasons in sorted(self.dropped.items()):
+            out.append(f"  dropped from {task}: " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())))
+        for failure in self.failures:
+            out.append(f"  failed: {failure['source']}: {failure['error']}")
+        if self.failed > len(self.failures):
+            out.append(f"  ... and {self.failed - len(self.failures)} more failures (florence2 dataset stats)")
+        return out
+
+
+_SHOWN_FAILURES = 20
+
+
+@dataclass
+class _Item:
+    """One source after background reading: its image ready for the model, or its error."""
+
+    source: SourceItem
+    image_id: str
+    image: PreparedImage | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def model_fingerprint(predictor: Florence2, folder: Path | None = None) -> str:
+    """A digest of the model: of its checkpoint's files (config and weights) when it was loaded from
+    ``folder``, else of its tensors."""
+    digest = hashlib.sha256()
+    files = [] if folder is None else sorted(p for p in folder.iterdir() if p.suffix in _MODEL_FILES and p.is_file())
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    if not files:
+        for name, tensor in predictor.model.state_dict().items():
+            if isinstance(tensor, torch.Tensor):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+_MODEL_FILES = (".json", ".safetensors", ".bin")
+
+
+def _read(item: SourceItem, prepare: Callable[[Any], PreparedImage]) -> _Item:
+    started = time.perf_counter()
+    try:
+        data = item.read()
+    except Florence2Error as error:
+        return _Item(item, _key_id(item.key), error=str(error), seconds=time.perf_counter() - started)
+    except OSError as error:
+        return _Item(item, _key_id(item.key), error=f"cannot read {item.key}: {error}")
+    if isinstance(data, Image.Image):
+        image_id = content_id(np.asarray(data.convert("RGB")).tobytes() + repr(data.size).encode())
+    else:
+        image_id = content_id(data)
+    try:
+        image = prepare(data)
+    except ImageLoadError as error:
+        return _Item(item, image_id, error=str(error), seconds=time.perf_counter() - started)
+    return _Item(item, image_id, image=image, seconds=time.perf_counter() - started)
+
+
+def _key_id(key: str) -> str:
+    """The id of a source whose bytes could not be read at all: derived from its name."""
+    return "unread-" + hashlib.sha256(key.encode()).hexdigest()[:48]
+
+
+class Labeler:
+    """Labels sources into a dataset with one predictor (see :func:`label`)."""
+
+    def __init__(
+        self,
+        predictor: Florence2,
+        plan: Plan,
+        *,
+        filters: Filters | None = None,
+        merge_iou: float = 0.7,
+        batch_size: int = 8,
+        workers: int = 2,
+        decoding: Mapping[str, Any] | None = None,
+    ) -> None:
+        if batch_size < 1 or workers < 1:
+            raise ValueError(f"batch_size and workers must be >= 1, got {batch_size} and {workers}")
+        self.predictor, self.plan = predictor, plan
+        self.filters = filters or Filters()
+        self.merge_iou = merge_iou
+        self.batch_size, self.workers = batch_size, workers
+        self.decoding = {k: v for k, v in (decoding or {}).items() if v is not None}
+        predictor.decoding_options(**self.decoding)  # unknown options fail now, not mid-run
+
+    def settings(self, model: str, fingerprint: str) -> dict[str, Any]:
+        """What defines a run: labeling again with equal settings continues it."""
+        return {
+            "model": model,
+            "model_fingerprint": fingerprint,
+            **self.plan.settings(),
+            "decoding": asdict(self.predictor.decoding_options(**self.decoding)),
+            "filters": self.filters.settings(),
+            "merge_iou": self.merge_iou if self.plan.ground else None,
+            "dtype": self.predictor.info()["dtype"],
+            "quantized": self.predictor.quantized,
+            "version": __version__,
+        }
+
+    # --- inference on one batch ---------------------------------------------------------------------
+
+    def infer(self, images: Sequence[PreparedImage]) -> list[dict[str, Any] | Florence2Error]:
+        """Every task of the plan on ``images``, from one vision encoding per image."""
+        p, plan = self.predictor, self.plan
+        encoded = p.encode_images(images, on_error="return")
+        good = [i for i, e in enumerate(encoded) if isinstance(e, EncodedImage)]
+        results: list[dict[str, Any] | Florence2Error] = [
+            {"sequence_scores": {}} if isinstance(e, EncodedImage) else e for e in encoded
+        ]
+        batch = [encoded[i] for i in good]
+        options = dict(batch_size=len(batch), on_error="return", **self.decoding)
+        if batch and plan.tasks:
+            for i, answer in zip(good, p.predict(batch, list(plan.tasks), **options)):
+                results[i] = answer
+        if batch and plan.ground:
+            captions = [results[i].get(plan.ground, "") if isinstance(results[i], dict) else "" for i in good]
+            grounded = [(i, c) for i, c in zip(good, captions) if c.strip()]
+            if grounded:
+                answers = p.predict(
+                    [encoded[i] for i, _ in grounded], GROUNDING, text=[c for _, c in grounded], **options
+                )
+                for (i, caption), answer in zip(grounded, answers):
+                    if isinstance(answer, dict) and isinstance(results[i], dict):
+                        results[i][GROUNDING] = {**answer[GROUNDING], "caption": caption}
+                        results[i]["sequence_scores"].update(answer["sequence_scores"])
+        for phrase, name in plan.ontology.items():
+            answers = p.predict(batch, OPEN_VOCABULARY, text=phrase, **options)
+            for i, answer in zip(good, answers):
+                if isinstance(answer, dict) and isinstance(results[i], dict):
+                    _add_class(results[i], answer[OPEN_VOCABULARY], name)
+        return results
+
+    # --- the run ---------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        sources: Sequence[str | os.PathLike],
+        store: DatasetStore,
+        run: int,
+        *,
+        video_fps: float | None = None,
+        video_stride: int | None = None,
+        retry_failed: bool = False,
+        limit: int | None = None,
+        progress: bool | None = None,
+        summary: LabelSummary,
+    ) -> LabelSummary:
+        started = time.perf_counter()
+        items = iter_sources(sources, video_fps=video_fps, video_stride=video_stride)
+        total = count_sources(sources, video_fps=video_fps, video_stride=video_stride)
+        if limit is not None:
+            items, total = islice(items, limit), min(total, limit)
+        summary.total = total
+        drops: Counter = Counter()
+        with (
+            progress_bar(total, enabled=progress, unit="img", desc="labeling") as bar,
+            ThreadPoolExecutor(self.workers, thread_name_prefix="florence2-read") as pool,
+        ):
+            for batch in self._batches(items, store, run, retry_failed, pool, summary, bar):
+                drops.update(self._label_batch(batch, store, run, summary, retry_failed))
+                bar.update(len(batch))
+                bar.set_postfix(failed=summary.failed)
+        summary.seconds = time.perf_counter() - started
+        for (task, reason), count in drops.items():
+            summary.dropped.setdefault(task, {})[reason] = count
+        return summary
+
+    def _batches(
+        self,
+        items: Iterator[SourceItem],
+        store: DatasetStore,
+        run: int,
+        retry_failed: bool,
+        pool: ThreadPoolExecutor,
+        summary: LabelSummary,
+        bar: Any,
+    ) -> Iterator[list[_Item]]:
+        """Batches of read images, reading ahead on the pool while the caller runs the model."""
+        prepare = self.predictor.prepare_image
+        ahead = 2 * self.batch_size + 2 * self.workers
+        pending: list[Future] = []
+        batch: list[_Item] = []
+        for chunk in _chunks(items, 4 * self.batch_size):
+            done = store.finished(run, [(item.key, item.stamp) for item in chunk], retry_failed)
+            skipped = [item for item in chunk if item.key in done]
+            summary.skipped += len(skipped)
+            bar.update(len(skipped))
+            for item in chunk:
+                if item.key in done:
+                    continue
+                pending.append(pool.submit(_read, item, prepare))
+                while len(pending) > ahead or (pending and pending[0].done()):
+                    batch.append(pending.pop(0).result())
+                    if len(batch) == self.batch_size:
+                        yield batch
+                        batch = []
+        for future in pending:
+            batch.append(future.result())
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _label_batch(
+        self, batch: list[_Item], store: DatasetStore, run: int, summary: LabelSummary, retry_failed: bool
+    ) -> Counter:
+        known = store.labeled_images(run, [item.image_id for item in batch], retry_failed)
+        outcomes: dict[str, Outcome] = {}
+        todo: list[_Item] = []
+        for item in batch:
+            name = (item.source.key, item.source.source, item.source.stamp)
+            if item.image_id in outcomes:  # the same image twice in this batch
+                outcomes[item.image_id].aliases.append(name)
+                summary.duplicates += 1
+                continue
+            outcome = Outcome(*name, item.image_id, seconds=item.seconds, alias_only=item.image_id in known)
+            outcomes[item.image_id] = outcome
+            if outcome.alias_only:  # labeled earlier under another name: only this name is recorded
+                summary.duplicates += 1
+            elif item.image is None:
+                outcome.error = item.error
+            else:
+                outcome.width, outcome.height = item.image.size
+                todo.append(item)
+        started = time.perf_counter()
+        answers = self.infer([item.image for item in todo]) if todo else []
+        per_image = (time.perf_counter() - started) / max(1, len(todo))
+        drops: Counter = Counter()
+        for item, answer in zip(todo, answers):
+            outcome = outcomes[item.image_id]
+            outcome.seconds += per_image
+            if isinstance(answer, Florence2Error):
+                outcome.error = str(answer)
+                continue
+            kept, dropped = self.filters.apply(answer, item.image.size)
+            drops.update(dropped)
+            if self.plan.ground:
+                kept["regions"] = region_text_pairs(kept, self.merge_iou)
+            outcome.results = kept
+        store.commit(run, list(outcomes.values()), drops)
+        for outcome in outcomes.values():
+            if outcome.alias_only:
+                continue
+            if outcome.results is None:
+                summary.failed += 1
+                if len(summary.failures) < _SHOWN_FAILURES:
+                    summary.failures.append({"source": outcome.key, "error": outcome.error or "unknown error"})
+            else:
+                summary.labeled += 1
+        return drops
+
+
+def _add_class(result: dict[str, Any], answer: Mapping[str, Any], name: str) -> None:
+    """Add one ontology phrase's open-vocabulary boxes to the image's result, labelled with the class."""
+    merged = result.setdefault(
+        OPEN_VOCABULARY,
+        {
+            "bboxes": [],
+            "bboxes_labels": [],
+            "bboxes_scores": [],
+            "polygons": [],
+            "polygons_labels": [],
+            "polygons_scores": [],
+        },
+    )
+    boxes = answer.get("bboxes", [])
+    merged["bboxes"].extend(boxes)
+    merged["bboxes_labels"].extend([name] * len(boxes))
+    merged["bboxes_scores"].extend(answer.get("bboxes_scores", [None] * len(boxes)))
+
+
+def _chunks(items: Iterator[SourceItem], size: int) -> Iterator[list[SourceItem]]:
+    while chunk := list(islice(items, size)):
+        yield chunk
+
+
+def label(
+    sources: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    model: str | os.PathLike | Florence2 | None = None,
+    preset: str | None = None,
+    tasks: Sequence[str] | None = None,
+    ontology: str | os.PathLike | Mapping[str, str] | None = None,
+    batch_size: int = 8,
+    workers: int = 2,
+    device: str | None = None,
+    dtype: str | None = None,
+    quantize: str | None = None,
+    video_fps: float | None = None,
+    video_stride: int | None = None,
+    filters: Filters | None = None,
+    merge_iou: float = 0.7,
+    new_run: bool = False,
+    retry_failed: bool = False,
+    limit: int | None = None,
+    progress: bool | None = False,
+    **decoding: Any,
+) -> LabelSummary:
+    """Label images, archives and videos into the dataset folder ``out`` (created when missing).
+
+    sources: image files, folders (recursive), glob patterns, text files listing paths, ``.tar``
+        shards and videos (:mod:`florence2.label.sources`).
+    model: a checkpoint folder, a loaded :class:`~florence2.Florence2`, or None (the embedded model).
+    preset / tasks / ontology: what is labeled (:data:`PRESETS`; task tokens; ``{phrase: class}``
+        detected by open-vocabulary detection with real scores); nothing given: the ``fld`` preset.
+    filters: :class:`~florence2.label.filters.Filters` applied before anything is stored.
+    new_run: label a dataset made with other settings (model, tasks, decoding, filters) as a new run.
+    retry_failed: label again the images a previous call of this run could not read.
+    decoding: :class:`~florence2.config.DecodingOptions` fields (``num_beams``, ...).
+    """
+    sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    plan = Plan.make(preset, tasks, ontology)
+    filters = filters or Filters()
+    if isinstance(model, Florence2):
+        predictor, model_name, fingerprint = model, "given predictor", model_fingerprint(model)
+    else:
+        predictor = Florence2.from_pretrained(model, device=device, dtype=dtype, quantize=quantize)
+        folder = DEFAULT_MODEL_DIR if model is None else resolve_checkpoint(model)
+        model_name = str(model) if model is not None else "embedded"
+        fingerprint = model_fingerprint(predictor, Path(folder))
+    labeler = Labeler(
+        predictor, plan, filters=filters, merge_iou=merge_iou, batch_size=batch_size, workers=workers, decoding=decoding
+    )
+    with DatasetStore(out, create=True) as store:
+        run, resumed = store.run_for(labeler.settings(model_name, fingerprint), new_run=new_run)
+        summary = LabelSummary(dataset=str(out), run=run, resumed=resumed, total=0)
+        return labeler.run(
+            sources,
+            store,
+            run,
+            video_fps=video_fps,
+            video_stride=video_stride,
+            retry_failed=retry_failed,
+            limit=limit,
+            progress=progress,
+            summary=summary,
+        )
