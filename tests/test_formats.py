@@ -614,7 +614,7 @@ def test_detect_format(tmp_path, coco_dir, yolo_dir):
     (tmp_path / "what.txt").write_text("")
     with pytest.raises(AnnotationError, match="cannot tell the format.*FORMAT one of coco"):
         detect_format([str(tmp_path / "what.txt")])
-    assert set(FORMATS) == {"coco", "yolo", "jsonl", "captions", "refcoco", "refexp", "ocr", "synthetic"}
+    assert set(FORMATS) == {"coco", "yolo", "jsonl", "captions", "refcoco", "refexp", "ocr", "labels", "synthetic"}
 
 
 def test_load_data_applies_tasks(coco_dir):

@@ -28,6 +28,9 @@ format          paths                                      tasks (default first)
                 ``expression``, ``bbox``, ``polygon``
 ``ocr``         ``FILE.jsonl[:IMAGES]``: ``image``,        ``<OCR_WITH_REGION>``, ``<OCR>``,
                 ``texts`` (``text``, ``quad``)             ``<REGION_TO_OCR>``
+``labels``      ``FILE.jsonl[:IMAGES]``: ``id``,           each task of the results that the sample
+                ``image``, ``width``, ``height``,          builders serve (see
+                ``results`` (a labeled dataset's export)   :mod:`~florence2.data.formats.labels`)
 ``synthetic``   ``DIR`` (:func:`~florence2.data.write_split`) any task
 ==============  =========================================  ===========================================
 
@@ -44,6 +47,7 @@ Modules: one per format family, each with its reader(s) and, where there is one,
 them: :mod:`~florence2.data.formats.coco`, :mod:`~florence2.data.formats.yolo`,
 :mod:`~florence2.data.formats.jsonl`, :mod:`~florence2.data.formats.captions`,
 :mod:`~florence2.data.formats.referring` (``refcoco``, ``refexp``), :mod:`~florence2.data.formats.ocr`,
+:mod:`~florence2.data.formats.labels`,
 :mod:`~florence2.data.formats.synthetic`, :mod:`~florence2.data.formats.flickr30k` (a benchmark only);
 :mod:`~florence2.data.formats.registry` (:data:`FORMATS`, the formats by name: where a format is
 added), :mod:`~florence2.data.formats.detect`, :mod:`~florence2.data.formats.spec` (``--data``),
@@ -55,7 +59,8 @@ On the command line a dataset is ``FORMAT:PATH[:PATH...][@OPTION=VALUE,...]`` (:
 e.g. ``coco:instances.json:images/@tasks=OD+OPEN_VOCABULARY_DETECTION,weight=2``. Options: ``tasks``
 (task names joined by ``+``), ``weight`` (how often each of its examples is drawn, relative to
 others: 2 is as if the data were there twice), ``split`` (``refcoco``: the refs' split; ``yolo``:
-the sub-folder of ``images/``). Without ``FORMAT:`` the format is recognised from the files.
+the sub-folder of ``images/``), ``min_score`` (``labels``: drop regions scoring below it). Without
+``FORMAT:`` the format is recognised from the files.
 """
 
 from florence2.data.formats.captions import (
@@ -77,7 +82,8 @@ from florence2.data.formats.coco import (
 from florence2.data.formats.detect import detect_format
 from florence2.data.formats.flickr30k import read_flickr30k, write_flickr30k
 from florence2.data.formats.jsonl import read_jsonl
-from florence2.data.formats.mixture import Mixture, split_held_out
+from florence2.data.formats.labels import LABEL_TASKS, read_labels
+from florence2.data.formats.mixture import Mixture, held_out_names, split_held_out
 from florence2.data.formats.ocr import OCR_TASKS, read_ocr, read_ocr_references, write_ocr_references
 from florence2.data.formats.records import BenchmarkSample, Example
 from florence2.data.formats.referring import (
@@ -98,6 +104,7 @@ __all__ = [
     "CAPTION_TASKS",
     "DETECTION_TASKS",
     "FORMATS",
+    "LABEL_TASKS",
     "OCR_TASKS",
     "REFERRING_TASKS",
     "BenchmarkSample",
@@ -109,6 +116,7 @@ __all__ = [
     "Mixture",
     "coco_instances",
     "detect_format",
+    "held_out_names",
     "image_size",
     "load_data",
     "parse_coco",
@@ -119,6 +127,7 @@ __all__ = [
     "read_coco_detection",
     "read_flickr30k",
     "read_jsonl",
+    "read_labels",
     "read_ocr",
     "read_ocr_references",
     "read_refcoco",

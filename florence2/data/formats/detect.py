@@ -46,6 +46,8 @@ def _detect_json(paths: Sequence[str]) -> str | None:
 
 def _detect_jsonl(path: Path) -> str | None:
     keys = set(peek_jsonl(path) or {})
+    if {"id", "results"} <= keys:
+        return "labels"
     if {"prefix", "suffix"} <= keys:
         return "jsonl"
     if "texts" in keys:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,25 +13,34 @@ import numpy as np
 from florence2.data.formats.records import Example
 
 
-def split_held_out(examples: Sequence[Example], fraction: float, seed: int = 0) -> tuple[list[Example], list[Example]]:
-    """``(train, held_out)``: about ``fraction`` of the *images* are held out, all their examples
-    with them (no image is on both sides). The choice hashes the image's file name with ``seed``, so
-    it is the same in every run and process, wherever the data lies, and does not move when other
-    images are added. With a positive fraction and two images or more, at least one image is held
-    out and at least one kept."""
+def held_out_names(names: Iterable[str], fraction: float, seed: int = 0) -> set[str]:
+    """The names held out of ``names``: about ``fraction`` of them, each chosen by a hash of
+    ``seed`` and the name alone, so the choice is the same in every run and process, whatever the
+    order of ``names``, and does not move when other names are added. With a positive fraction and
+    two names or more, at least one name is held out and at least one kept."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"the held-out fraction must be in [0, 1), got {fraction}")
     keys = {}
-    for example in examples:
-        if example.image not in keys:
-            digest = hashlib.sha256(f"{seed}:{Path(example.image).name}".encode()).digest()
-            keys[example.image] = int.from_bytes(digest[:8], "big") / 2**64
-    held_images = {image for image, key in keys.items() if key < fraction}
+    for name in names:
+        if name not in keys:
+            digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+            keys[name] = int.from_bytes(digest[:8], "big") / 2**64
+    held = {name for name, key in keys.items() if key < fraction}
     if fraction > 0 and len(keys) >= 2:
-        if not held_images:
-            held_images = {min(keys, key=keys.get)}
-        elif len(held_images) == len(keys):
-            held_images.remove(max(keys, key=keys.get))
+        if not held:
+            held = {min(keys, key=keys.get)}
+        elif len(held) == len(keys):
+            held.remove(max(keys, key=keys.get))
+    return held
+
+
+def split_held_out(examples: Sequence[Example], fraction: float, seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """``(train, held_out)``: about ``fraction`` of the *images* are held out, all their examples
+    with them (no image is on both sides), chosen by :func:`held_out_names` on the image's file
+    name, so wherever the data lies."""
+    names = {e.image: Path(e.image).name for e in examples}
+    held_names = held_out_names(names.values(), fraction, seed)
+    held_images = {image for image, name in names.items() if name in held_names}
     train = [e for e in examples if e.image not in held_images]
     return train, [e for e in examples if e.image in held_images]
 

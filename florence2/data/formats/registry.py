@@ -16,6 +16,7 @@ from typing import Any
 from florence2.data.formats.captions import CAPTION_TASKS, read_captions
 from florence2.data.formats.coco import DETECTION_TASKS, read_coco, write_coco
 from florence2.data.formats.jsonl import read_jsonl
+from florence2.data.formats.labels import LABEL_TASKS, read_labels
 from florence2.data.formats.ocr import OCR_TASKS, read_ocr
 from florence2.data.formats.records import Example
 from florence2.data.formats.referring import (
@@ -98,6 +99,13 @@ FORMATS: dict[str, DataFormat] = {
             "ocr", "FILE.jsonl[:IMAGES]", 1, 2, OCR_TASKS, ("<OCR_WITH_REGION>", "<OCR>"), (),
             "JSON lines of image, texts (text, quad)",
             lambda paths, tasks, options, notes: read_ocr(paths[0], _second(paths), tasks, notes),
+        ),
+        DataFormat(
+            "labels", "FILE.jsonl[:IMAGES]", 1, 2, LABEL_TASKS, LABEL_TASKS, ("min_score",),
+            "JSON lines of a labeled dataset's export: id, image, width, height, results",
+            lambda paths, tasks, options, notes: read_labels(
+                paths[0], _second(paths), tasks, notes, options.get("min_score")
+            ),
         ),
         DataFormat(
             "synthetic", "DIR", 1, 1, tuple(TASKS), ("<OD>",), (),
