@@ -1,0 +1,651 @@
+"""Exports of a labeled dataset: its records written as COCO, YOLO, JSON lines, captions or Parquet.
+
+:func:`export_records` takes the records a :class:`~florence2.label.store.DatasetStore` yields
+(``id``, ``source``, ``width``, ``height``, ``results``) and writes them into a new folder in one of
+:data:`EXPORT_FORMATS` (a format is one writer function and one :class:`ExportFormat` entry there).
+
+Images are ordered by id. With ``val_fraction`` they are split into ``train`` and ``val`` by a hash of
+``seed`` and the image id (:func:`florence2.data.formats.held_out_names`): the same records and seed
+give the same split in any order, and adding images does not move the others. Without it every
+image is in ``train``, and the files below that carry a split in their names have none.
+
+Layouts (``NAME`` is ``ID[:16]`` and the image's suffix, unique in the export; ``SPLIT`` is
+``train`` or ``val``):
+
+============  ====================================================================================
+format        files
+============  ====================================================================================
+``coco``      ``annotations/instances.json`` (``instances_SPLIT.json`` when split), ``images/NAME``
+``yolo``      ``data.yaml``, ``images/SPLIT/NAME``, ``labels/SPLIT/ID[:16].txt``
+``jsonl``     ``labels.jsonl`` (``SPLIT.jsonl``), ``images/NAME``
+``captions``  ``NAME``, ``ID[:16].txt`` and ``captions.jsonl`` at the top (in ``SPLIT/`` when split)
+``parquet``   ``labels.parquet`` (``SPLIT.parquet``), ``images/NAME``
+============  ====================================================================================
+
+* ``coco``: one COCO detection file per split: ``images`` (ids from 1, ``file_name`` relative to
+  ``images/``, ``width``, ``height``), ``annotations`` (``bbox`` as XYWH, ``area``, ``iscrowd`` 0,
+  ``category_id``, ``score``, and ``segmentation`` where the task answers with polygons or quads),
+  ``categories`` (every label of the export, sorted, ids from 1, the same in every split). With its
+  ``score`` every annotation is also a detection result (``COCO.loadRes``). Read back for
+  fine-tuning as ``coco:annotations/instances.json:images``.
+* ``yolo``: ``class cx cy w h`` per box, normalised to [0, 1] and clipped; an image whose task found
+  nothing has an empty label file (a background image). ``data.yaml`` names the classes (the
+  sorted labels) and the folders; without a split ``val`` is the ``train`` folder.
+* ``jsonl``: one line per image: ``id``, ``source``, ``width``, ``height``, ``image`` (the exported
+  file, relative to the line's file; the original path with ``images="none"``), ``run`` where the
+  record has one, ``results`` (the task results) and, at the top level, the record's keys of its
+  results that are no task (``sequence_scores``, ``regions``). Fine-tuning reads it as
+  ``labels:labels.jsonl`` (recognised without the prefix too).
+* ``captions``: each image beside a same-named ``.txt`` holding its caption, and ``captions.jsonl``
+  lines ``{"image": NAME, "caption": text}``: the layout of image-generation trainers, and of the
+  ``captions`` format of :mod:`florence2.data.formats`.
+* ``parquet`` (needs pyarrow): one row per image: ``id``, ``source`` (JSON), ``width``, ``height``,
+  ``image``, ``results`` (JSON of the task results), ``extras`` (JSON of the other keys, or null),
+  ``caption``, ``detailed_caption``, ``more_detailed_caption`` (the text, or null) and
+  ``num_regions`` (boxes, quads and polygons over all tasks).
+
+Which task: ``coco`` and ``yolo`` take the regions of ``task``, by default the first of
+:data:`BOX_TASKS` that any record holds; any task answering with regions may be named (a region
+without a label, as region proposals give, is called :data:`UNLABELLED`). ``captions`` takes
+``task``, by default the first of :data:`CAPTION_TASKS` that any record holds. A record without
+that task's result is left out of the export, and said so in the summary.
+
+Images (``images``): ``"link"`` symlinks image files (copies them where links cannot be made),
+``"copy"`` copies them; both write tar members (their bytes) and video frames (PNG) as files, read
+through :func:`florence2.label.sources.open_source`. ``"none"`` writes no image: files name the
+original paths, and records whose image is no file of its own (a tar member, a video frame) are
+left out; ``yolo`` and ``captions`` need image files and refuse it.
+
+The summary: ``format``, ``out``, ``task``, ``images``, ``splits`` (``{split: {"images", "regions"}}``),
+``files`` (the label files written, relative to ``out``), ``image_files`` (how many images were
+written), ``categories`` (coco, yolo) and ``skipped`` (``[{"id", "reason"}]``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from florence2.data.formats.coco import coco_instances
+from florence2.data.formats.mixture import held_out_names
+from florence2.data.formats.validate import is_number, polygon_area, write_json
+from florence2.errors import Florence2Error, ImageLoadError, TaskError
+from florence2.scoring import REGION_KEYS, bounding_box
+from florence2.sources import IMAGE_SUFFIXES
+from florence2.tasks import TASKS, get_task
+
+IMAGE_MODES = ("link", "copy", "none")
+# the default box task of coco and yolo: the first of these present
+BOX_TASKS = ("<OPEN_VOCABULARY_DETECTION>", "<OD>", "<DENSE_REGION_CAPTION>", "<CAPTION_TO_PHRASE_GROUNDING>")
+# the default caption task: the longest present
+CAPTION_TASKS = ("<MORE_DETAILED_CAPTION>", "<DETAILED_CAPTION>", "<CAPTION>")
+# the category of a region without a label
+UNLABELLED = "object"
+
+# result types (florence2.tasks) that answer with regions
+_REGION_RESULTS = (
+    "ocr",
+    "description_with_bboxes",
+    "bboxes",
+    "phrase_grounding",
+    "polygons",
+    "description_with_bboxes_or_polygons",
+)
+# keys of a jsonl line; a record's other result keys of these names stay out of it
+_LINE_KEYS = ("id", "source", "width", "height", "image", "run", "results")
+_NAME_LENGTH = 16
+
+
+class ExportError(Florence2Error, ValueError):
+    """An export that cannot be made as asked: unknown format or image mode, a task the records lack,
+    a folder that is not empty, malformed records, a missing extra."""
+
+
+class _Skip(Exception):
+    """An image left out of the export, and why."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of the export: its record, its file name in the export, its split."""
+
+    record: dict[str, Any]
+    name: str
+    split: str
+
+    @property
+    def id(self) -> str:
+        return self.record["id"]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.record["width"], self.record["height"]
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box, quad or polygon of a result: its label, its XYXY box (clipped to the image), its score
+    (None where the record has none) and its polygons (flat ``[x, y, ...]`` lists; none for a box)."""
+
+    label: str
+    box: list[float]
+    score: float | None
+    polygons: list[list[float]]
+
+
+def _check_record(index: int, record: Any) -> None:
+    where = f"record {index}"
+    if not isinstance(record, dict):
+        raise ExportError(f"{where}: expected a dict, got {type(record).__name__}")
+    if not isinstance(record.get("id"), str) or not record["id"]:
+        raise ExportError(f"{where}: id: expected a non-empty string, got {record.get('id')!r}")
+    where = f"record {record['id']}"
+    for key in ("width", "height"):
+        value = record.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ExportError(f"{where}: {key}: expected a positive integer, got {value!r}")
+    for key in ("source", "results"):
+        if not isinstance(record.get(key), dict):
+            raise ExportError(f"{where}: {key}: expected a dict, got {record.get(key)!r}")
+
+
+def _suffix(source: dict[str, Any]) -> str:
+    """The image suffix an export keeps: the file's or member's, or ``.png`` (decoded frames, and
+    names without an image suffix, which are written as PNG)."""
+    name = source.get("path") or source.get("member") or ""
+    suffix = Path(str(name)).suffix.lower()
+    return suffix if suffix in IMAGE_SUFFIXES else ".png"
+
+
+def _file_names(records: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """Image id -> file name: ``ID[:16]`` + suffix, the whole id where two ids share that start."""
+    records = list(records)
+    starts: dict[str, int] = {}
+    for record in records:
+        starts[record["id"][:_NAME_LENGTH]] = starts.get(record["id"][:_NAME_LENGTH], 0) + 1
+    names = {}
+    for record in records:
+        start = record["id"][:_NAME_LENGTH]
+        names[record["id"]] = (start if starts[start] == 1 else record["id"]) + _suffix(record["source"])
+    return names
+
+
+def _items(records: Iterable[dict[str, Any]], val_fraction: float, seed: int) -> tuple[list[Item], list[dict]]:
+    """The export's images, ordered by id, with names and splits; and the records left out."""
+    unique: dict[str, dict[str, Any]] = {}
+    skipped = []
+    for index, record in enumerate(records):
+        _check_record(index, record)
+        if record["id"] in unique:
+            skipped.append({"id": record["id"], "reason": "another record of the same image came first"})
+        else:
+            unique[record["id"]] = record
+    held = held_out_names(unique, val_fraction, seed) if val_fraction else set()
+    names = _file_names(unique.values())
+    items = [Item(unique[i], names[i], "val" if i in held else "train") for i in sorted(unique)]
+    return items, skipped
+
+
+def task_results(results: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(tasks, others)``: a record's results split into those of tasks and its other keys
+    (``sequence_scores``, ``regions``)."""
+    tasks = {k: v for k, v in results.items() if k in TASKS}
+    return tasks, {k: v for k, v in results.items() if k not in TASKS}
+
+
+def _region_triples(result: Any) -> Iterator[tuple[str, Any, Any, Any]]:
+    """``(shapes key, shape, label, score)`` of every region of one task's result."""
+    if not isinstance(result, dict):
+        return
+    for shapes_key, labels_key, scores_key in REGION_KEYS:
+        if isinstance(result.get(shapes_key), list) and isinstance(result.get(labels_key), list):
+            shapes = result[shapes_key]
+            scores = result.get(scores_key)
+            scores = scores if isinstance(scores, list) and len(scores) == len(shapes) else [None] * len(shapes)
+            for shape, label, score in zip(shapes, result[labels_key], scores):
+                yield shapes_key, shape, label, score
+
+
+def result_regions(result: Any, size: tuple[int, int]) -> tuple[list[Region], int]:
+    """The regions of one task's result, boxes clipped to the image; and how many were left out
+    (a box with ``x1 < x0`` or ``y1 < y0``, or no shape at all)."""
+    width, height = size
+    kept, dropped = [], 0
+    for shapes_key, shape, label, score in _region_triples(result):
+        if shapes_key == "bboxes":
+            polygons = []
+        else:
+            parts = [shape] if shapes_key == "quad_boxes" else shape
+            polygons = [[float(v) for v in p] for p in parts if isinstance(p, list) and len(p) >= 6]
+        if polygons:
+            box = bounding_box(polygons)
+        elif shapes_key == "bboxes" and isinstance(shape, list) and len(shape) == 4:
+            box = [float(v) for v in shape]
+        else:
+            box = None
+        if box is None or box[0] > box[2] or box[1] > box[3]:
+            dropped += 1
+            continue
+        x0, y0, x1, y1 = box
+        box = [min(max(x0, 0.0), width), min(max(y0, 0.0), height), min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
+        name = " ".join(str(label).split()) or UNLABELLED
+        kept.append(Region(name, box, float(score) if is_number(score) else None, polygons))
+    return kept, dropped
+
+
+def count_regions(results: dict[str, Any]) -> int:
+    """Boxes, quads and polygons over every task of a record's results."""
+    return sum(1 for result in task_results(results)[0].values() for _ in _region_triples(result))
+
+
+# --------------------------------------------------------------------------------------------------
+# One export
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Export:
+    """What a writer works on: the folder, the images and their splits, the image mode, the task
+    asked for; and the summary it fills in."""
+
+    out: Path
+    items: list[Item]
+    splits: tuple[str, ...]
+    images: str
+    task: str | None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def in_split(self, split: str) -> list[Item]:
+        return [item for item in self.items if item.split == split]
+
+    def file_name(self, split: str, whole: str, per_split: str) -> str:
+        """``whole`` without a split, ``per_split`` (with ``{}`` for the split's name) with one."""
+        return whole if len(self.splits) == 1 else per_split.format(split)
+
+    def skip(self, item: Item, reason: str) -> None:
+        self.summary["skipped"].append({"id": item.id, "reason": reason})
+
+    def wrote(self, path: Path) -> Path:
+        self.summary["files"].append(path.relative_to(self.out).as_posix())
+        return path
+
+    def count(self, split: str, regions: int = 0) -> None:
+        counts = self.summary["splits"][split]
+        counts["images"] += 1
+        counts["regions"] += regions
+
+    def with_result(self, task: str) -> list[Item]:
+        """The items holding a result of ``task``; the others are skipped."""
+        kept = []
+        for item in self.items:
+            if task in item.record["results"]:
+                kept.append(item)
+            else:
+                self.skip(item, f"no {task} result")
+        return kept
+
+    def placed(self, items: Iterable[Item], folder: Path) -> Iterator[tuple[Item, str]]:
+        """``(item, image)`` for each item whose image is in place: written into ``folder`` (``image``
+        its path) or, with ``images="none"``, the original file (``image`` its absolute path). The
+        others are skipped, with the reason."""
+        for item in items:
+            try:
+                yield item, self._place(item, folder)
+            except _Skip as e:
+                self.skip(item, str(e))
+
+    def _place(self, item: Item, folder: Path) -> str:
+        source = item.record["source"]
+        path = source.get("path") if isinstance(source.get("path"), str) else None
+        if self.images == "none":
+            if path is None:
+                raise _Skip(
+                    f"its image is no file of its own ({_describe(source)}); export with images='link' or 'copy'"
+                )
+            return str(Path(path).absolute())
+        folder.mkdir(parents=True, exist_ok=True)
+        dest = folder / item.name
+        if path is not None and Path(path).suffix.lower() == Path(item.name).suffix:
+            if not Path(path).is_file():
+                raise _Skip(f"image file {path} not found")
+            _link_or_copy(Path(path).absolute(), dest, self.images == "link")
+        else:
+            _write_image(source, dest)
+        self.summary["image_files"] += 1
+        return str(dest)
+
+    def box_task(self) -> str:
+        """The task whose regions coco and yolo export (see the module docstring)."""
+        present = {task for item in self.items for task in item.record["results"]}
+        if self.task is not None:
+            if TASKS[self.task].result_type not in _REGION_RESULTS:
+                raise ExportError(f"{self.task} gives no regions; choose a task answering with boxes or polygons")
+            task = self.task
+        else:
+            task = next((t for t in BOX_TASKS if t in present), None)
+            if task is None:
+                raise ExportError(
+                    f"no record holds a box task ({', '.join(BOX_TASKS)}); the records hold: "
+                    f"{', '.join(sorted(t for t in present if t in TASKS)) or 'nothing'}"
+                )
+        if task not in present:
+            raise ExportError(f"no record holds a {task} result")
+        self.summary["task"] = task
+        return task
+
+    def box_regions(self) -> tuple[list[Item], dict[str, list[Region]], list[str]]:
+        """The items holding a result of :meth:`box_task` (the others skipped), image id -> their
+        regions (regions left out are said in the summary), and the sorted labels of all of them."""
+        task = self.box_task()
+        items = self.with_result(task)
+        found = {}
+        for item in items:
+            found[item.id], dropped = result_regions(item.record["results"][task], item.size)
+            if dropped:
+                self.summary["skipped"].append({"id": item.id, "reason": f"{dropped} {task} regions without a box"})
+        self.summary["categories"] = sorted({region.label for shapes in found.values() for region in shapes})
+        return items, found, self.summary["categories"]
+
+
+def _describe(source: dict[str, Any]) -> str:
+    if "member" in source:
+        return f"member {source['member']} of {source.get('archive')}"
+    if "video" in source:
+        return f"frame {source.get('frame')} of {source['video']}"
+    return json.dumps(source)
+
+
+def _link_or_copy(source: Path, dest: Path, link: bool) -> None:
+    if link:
+        try:
+            os.symlink(source, dest)
+            return
+        except OSError:
+            pass  # no symlinks here (a file system or platform without them): copy
+    shutil.copyfile(source, dest)
+
+
+def _write_image(source: dict[str, Any], dest: Path) -> None:
+    """Write a source's image to ``dest``: its bytes as they are where the suffix is theirs, else
+    decoded and saved in the format of ``dest``'s suffix."""
+    from florence2.label.sources import open_source
+
+    try:
+        data = open_source(source)
+        name = source.get("path") or source.get("member") or ""
+        if isinstance(data, bytes) and Path(str(name)).suffix.lower() == dest.suffix:
+            dest.write_bytes(data)
+            return
+        image = Image.open(io.BytesIO(data)) if isinstance(data, bytes) else data
+        image.save(dest)
+    except (ImageLoadError, OSError, ValueError) as e:
+        raise _Skip(f"its image cannot be read ({_describe(source)}): {e}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Writers
+# --------------------------------------------------------------------------------------------------
+
+
+def write_coco_export(ex: Export) -> None:
+    """COCO detection files, one per split, and ``images/``."""
+    items, found, categories = ex.box_regions()
+    for split in ex.splits:
+        records, kept = [], []
+        for item, image in ex.placed((i for i in items if i.split == split), ex.out / "images"):
+            name = image if ex.images == "none" else item.name
+            objects = [{"category": r.label, "bbox": r.box, "polygon": _one(r.polygons)} for r in found[item.id]]
+            records.append({"image": name, "width": item.size[0], "height": item.size[1], "objects": objects})
+            kept.extend(found[item.id])
+            ex.count(split, len(found[item.id]))
+        document = coco_instances(records, categories)
+        for annotation, region in zip(document["annotations"], kept):
+            annotation["score"] = region.score if region.score is not None else 0.0
+            if len(region.polygons) > 1:
+                annotation["segmentation"] = region.polygons
+                annotation["area"] = round(sum(polygon_area(p) for p in region.polygons), 4)
+        path = ex.out / "annotations" / ex.file_name(split, "instances.json", "instances_{}.json")
+        ex.wrote(write_json(path, document))
+
+
+def _one(polygons: list[list[float]]) -> list[float] | None:
+    return polygons[0] if len(polygons) == 1 else None
+
+
+def write_yolo_export(ex: Export) -> None:
+    """``data.yaml``, ``images/SPLIT/`` and ``labels/SPLIT/``: one ``class cx cy w h`` line a box."""
+    items, found, names = ex.box_regions()
+    class_ids = {name: k for k, name in enumerate(names)}
+    for split in ex.splits:
+        labels = ex.out / "labels" / split
+        labels.mkdir(parents=True, exist_ok=True)
+        for item, _ in ex.placed((i for i in items if i.split == split), ex.out / "images" / split):
+            lines = [_yolo_line(class_ids[r.label], r.box, item.size) for r in found[item.id]]
+            (labels / f"{item.stem}.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            ex.count(split, len(lines))
+    val = "val" if "val" in ex.splits else "train"
+    yaml = [f"path: {json.dumps(str(ex.out.absolute()))}", "train: images/train", f"val: images/{val}"]
+    yaml += [f"nc: {len(names)}", "names:" + ("" if names else " {}")]
+    yaml += [f"  {k}: {json.dumps(name, ensure_ascii=False)}" for k, name in enumerate(names)]
+    (ex.out / "data.yaml").write_text("\n".join(yaml) + "\n", encoding="utf-8")
+    ex.wrote(ex.out / "data.yaml")
+
+
+def _yolo_line(class_id: int, box: list[float], size: tuple[int, int]) -> str:
+    width, height = size
+    x0, y0, x1, y1 = box
+    values = [(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height]
+    return f"{class_id} " + " ".join(f"{min(max(v, 0.0), 1.0):.6f}" for v in values)
+
+
+def _relative(image: str, folder: Path, mode: str) -> str:
+    """An image path as a line names it: relative to the line's file, or absolute with ``"none"``."""
+    return image if mode == "none" else Path(os.path.relpath(image, folder)).as_posix()
+
+
+def write_jsonl_export(ex: Export) -> None:
+    """JSON lines, one file per split, and ``images/``."""
+    for split in ex.splits:
+        path = ex.out / ex.file_name(split, "labels.jsonl", "{}.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            for item, image in ex.placed(ex.in_split(split), ex.out / "images"):
+                tasks, others = task_results(item.record["results"])
+                line = {
+                    "id": item.id,
+                    "source": item.record["source"],
+                    "width": item.size[0],
+                    "height": item.size[1],
+                    "image": _relative(image, path.parent, ex.images),
+                    **({"run": item.record["run"]} if "run" in item.record else {}),
+                    "results": tasks,
+                    **{k: v for k, v in others.items() if k not in _LINE_KEYS},
+                }
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+                ex.count(split, count_regions(tasks))
+        ex.wrote(path)
+
+
+def _caption_task(ex: Export) -> str:
+    present = {task for item in ex.items for task in item.record["results"]}
+    if ex.task is not None:
+        task = ex.task
+        if task not in CAPTION_TASKS:
+            raise ExportError(f"the captions export takes one of {', '.join(CAPTION_TASKS)}, got {ex.task}")
+        if task not in present:
+            raise ExportError(f"no record holds a {task} result")
+    else:
+        task = next((t for t in CAPTION_TASKS if t in present), None)
+        if task is None:
+            raise ExportError(f"no record holds a caption ({', '.join(CAPTION_TASKS)})")
+    ex.summary["task"] = task
+    return task
+
+
+def write_captions_export(ex: Export) -> None:
+    """Images with same-named ``.txt`` captions and ``captions.jsonl``, one folder per split."""
+    task = _caption_task(ex)
+    items = []
+    for item in ex.with_result(task):
+        caption = item.record["results"][task]
+        if isinstance(caption, str) and caption.strip():
+            items.append(item)
+        else:
+            ex.skip(item, f"its {task} result is empty")
+    for split in ex.splits:
+        folder = ex.out if len(ex.splits) == 1 else ex.out / split
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for item, _ in ex.placed((i for i in items if i.split == split), folder):
+            caption = " ".join(item.record["results"][task].split())
+            (folder / f"{item.stem}.txt").write_text(caption + "\n", encoding="utf-8")
+            lines.append(json.dumps({"image": item.name, "caption": caption}, ensure_ascii=False) + "\n")
+            ex.count(split)
+        (folder / "captions.jsonl").write_text("".join(lines), encoding="utf-8")
+        ex.wrote(folder / "captions.jsonl")
+
+
+def _caption_column(task: str) -> str:
+    return task.strip("<>").lower()
+
+
+def write_parquet_export(ex: Export) -> None:
+    """A Parquet file per split (one row per image), and ``images/``."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ExportError("the parquet export needs pyarrow: pip install 'florence2[parquet]'") from None
+    caption_columns = {task: _caption_column(task) for task in reversed(CAPTION_TASKS)}
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("source", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("image", pa.string()),
+            ("results", pa.string()),
+            ("extras", pa.string()),
+            *((column, pa.string()) for column in caption_columns.values()),
+            ("num_regions", pa.int32()),
+        ]
+    )
+    for split in ex.splits:
+        path = ex.out / ex.file_name(split, "labels.parquet", "{}.parquet")
+        rows = []
+        for item, image in ex.placed(ex.in_split(split), ex.out / "images"):
+            tasks, others = task_results(item.record["results"])
+            captions = {c: tasks[t] if isinstance(tasks.get(t), str) else None for t, c in caption_columns.items()}
+            rows.append(
+                {
+                    "id": item.id,
+                    "source": json.dumps(item.record["source"], ensure_ascii=False),
+                    "width": item.size[0],
+                    "height": item.size[1],
+                    "image": _relative(image, path.parent, ex.images),
+                    "results": json.dumps(tasks, ensure_ascii=False),
+                    "extras": json.dumps(others, ensure_ascii=False) if others else None,
+                    **captions,
+                    "num_regions": count_regions(tasks),
+                }
+            )
+            ex.count(split, rows[-1]["num_regions"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+        ex.wrote(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# The registry
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format: its writer, whether it needs image files of its own (and so refuses
+    ``images="none"``), and a line for help texts."""
+
+    name: str
+    write: Callable[[Export], None]
+    needs_image_files: bool
+    description: str
+
+
+EXPORT_FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        ExportFormat("coco", write_coco_export, False, "COCO detection JSON per split (boxes, scores, polygons)"),
+        ExportFormat("yolo", write_yolo_export, True, "YOLO folders: data.yaml, images/, labels/"),
+        ExportFormat("jsonl", write_jsonl_export, False, "JSON lines of every result (fine-tuning: labels:FILE)"),
+        ExportFormat("captions", write_captions_export, True, "images with same-named .txt captions"),
+        ExportFormat("parquet", write_parquet_export, False, "one Parquet row per image (needs pyarrow)"),
+    )
+}
+
+
+def export_records(
+    records: Iterable[dict[str, Any]],
+    out: str | os.PathLike,
+    fmt: str,
+    *,
+    task: str | None = None,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    images: str = "link",
+) -> dict[str, Any]:
+    """Write ``records`` into the new (or empty) folder ``out`` in the format ``fmt`` (see the module
+    docstring for layouts, tasks, splits and image modes) and return the summary.
+
+    Raises:
+        ExportError: unknown format or image mode, ``images="none"`` for a format that needs image
+            files, a fraction outside [0, 1), ``out`` not empty, a malformed record, no record with
+            the task, pyarrow missing for parquet.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; formats: {', '.join(EXPORT_FORMATS)}")
+    spec = EXPORT_FORMATS[fmt]
+    if images not in IMAGE_MODES:
+        raise ExportError(f"images must be one of {', '.join(IMAGE_MODES)}, got {images!r}")
+    if images == "none" and spec.needs_image_files:
+        raise ExportError(f"the {fmt} export needs image files beside its labels: use images='link' or 'copy'")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ExportError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    try:
+        task = get_task(task).token if task is not None else None
+    except TaskError as e:
+        raise ExportError(str(e)) from None
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"{out} exists and is not an empty folder; export into a new one")
+    items, skipped = _items(records, val_fraction, seed)
+    splits = ("train", "val") if val_fraction > 0 else ("train",)
+    ex = Export(out, items, splits, images, task)
+    ex.summary.update(
+        format=fmt,
+        out=str(out),
+        task=None,
+        images=images,
+        splits={split: {"images": 0, "regions": 0} for split in splits},
+        files=[],
+        image_files=0,
+        skipped=skipped,
+    )
+    spec.write(ex)
+    return ex.summary
