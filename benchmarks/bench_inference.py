@@ -34,7 +34,6 @@ import importlib
 import inspect
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
 
 # Prompt ids of the official tokenizer (Florence-2's BART vocabulary), "<s> prompt </s>".
 PROMPTS = {
@@ -437,34 +439,6 @@ def _write_result(spec: dict[str, Any], result: dict[str, Any]) -> None:
 
 
 # --- driver ---------------------------------------------------------------------------------------
-
-
-def machine_info(device: torch.device, threads: int) -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        transformers_version = version("transformers")
-    except PackageNotFoundError:
-        transformers_version = "not installed"
-    info = {
-        "CPU": f"{cpu}, {os.cpu_count()} logical cores, torch threads {threads}",
-        "torch": torch.__version__,
-        "transformers": transformers_version,
-        "python": platform.python_version(),
-        "OS": platform.platform(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["GPU"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def default_threads() -> int:

@@ -360,3 +360,53 @@ def test_search_finds_the_scenes_that_hold_a_shape_or_colour_best_first(scenes, 
     out = run_cli("dataset", "search", str(tmp_path / "ds"), "purple circle", "--json")
     hits = json.loads(out.stdout)
     assert hits and all("regions" in h and "source" in h for h in hits)
+
+
+# --- the dataset's exports agree with the evaluation ---------------------------------------------------
+
+
+def test_detect_then_coco_export_gives_the_evaluations_map(tmp_path, predictor):
+    """200 held-out scenes: label --preset detect, export COCO, score it with pycocotools against the
+    ground truth; florence2 eval's mAP@0.5 of the same model on the same scenes agrees within 0.01."""
+    pytest.importorskip("pycocotools")
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from florence2.data.formats import coco_instances
+    from florence2.data.synthetic import WorldConfig
+    from florence2.eval.synthetic import evaluate_synthetic
+
+    scenes = tmp_path / "scenes"
+    write_split(scenes, 200, seed=777, config=WorldConfig(image_size=128))
+    truth_records = [json.loads(line) for line in (scenes / "annotations.jsonl").read_text().splitlines()]
+    evaluated = evaluate_synthetic(predictor, truth_records, scenes, tasks=["<OD>"], progress=False)
+
+    result = run_cli("label", str(scenes), "--out", str(tmp_path / "ds"), "--preset", "detect", "--json")
+    assert result.returncode == 0, result.stderr
+    exported = run_cli("dataset", "export", str(tmp_path / "ds"), "--format", "coco", "--out", str(tmp_path / "coco"))
+    assert exported.returncode == 0, exported.stderr
+    document = json.loads((tmp_path / "coco" / "annotations" / "instances.json").read_text())
+
+    truth = coco_instances(truth_records)
+    truth_path = tmp_path / "truth.json"
+    truth_path.write_text(json.dumps(truth))
+    category_of = {c["name"]: c["id"] for c in truth["categories"]}
+    image_of = {Path(i["file_name"]).name: i["id"] for i in truth["images"]}
+    exported_name = {i["id"]: Path(i["file_name"]).name for i in document["images"]}
+    with DatasetStore(tmp_path / "ds") as store:
+        original = {r["id"][:16]: Path(r["source"]["path"]).name for r in store.records()}
+    name_of = {k: original[Path(v).stem[:16]] for k, v in exported_name.items()}
+    names = {c["id"]: c["name"] for c in document["categories"]}
+    detections = [
+        {"image_id": image_of[name_of[a["image_id"]]], "category_id": category_of[names[a["category_id"]]],
+         "bbox": a["bbox"], "score": a["score"]}
+        for a in document["annotations"]
+        if names[a["category_id"]] in category_of
+    ]  # fmt: skip
+    gt = COCO(str(truth_path))
+    evaluation = COCOeval(gt, gt.loadRes(detections), "bbox")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    evaluation.summarize()
+    print(f"mAP@0.5: exported labels {evaluation.stats[1]:.4f}, florence2 eval {evaluated['od_mAP50']:.4f}")
+    assert evaluation.stats[1] == pytest.approx(evaluated["od_mAP50"], abs=0.01)

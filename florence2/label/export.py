@@ -649,3 +649,39 @@ def export_records(
     )
     spec.write(ex)
     return ex.summary
+
+
+def export_dataset(
+    dataset: str | os.PathLike,
+    out: str | os.PathLike,
+    fmt: str,
+    *,
+    run: int | None = None,
+    filters: Any = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Export a labeled dataset folder (its latest run, or ``run``) with :func:`export_records`.
+
+    ``filters``: a :class:`~florence2.label.filters.Filters` applied again on demand before writing
+    (the regions it drops are counted by task and reason in the summary's ``dropped``); ``options``:
+    those of :func:`export_records` (``task``, ``val_fraction``, ``seed``, ``images``)."""
+    from collections import Counter
+
+    from florence2.label.store import DatasetStore
+
+    drops: Counter = Counter()
+
+    def filtered(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for record in records:
+            if filters is not None:
+                results, dropped = filters.apply(record["results"], (record["width"], record["height"]))
+                drops.update(dropped)
+                record = {**record, "results": results}
+            yield record
+
+    with DatasetStore(dataset) as store:
+        summary = export_records(filtered(store.records(run)), out, fmt, **options)
+    summary["dropped"] = {}
+    for (task, reason), count in sorted(drops.items()):
+        summary["dropped"].setdefault(task, {})[reason] = count
+    return summary
