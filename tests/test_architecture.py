@@ -50,7 +50,20 @@ FORBIDDEN = {
 }
 
 # optional dependencies that ``import florence2`` (and listing the tasks) must never import
-EXTRAS = ("torch", "fastapi", "uvicorn", "pycocotools", "pycocoevalcap", "transformers", "ray", "onnxruntime")
+EXTRAS = (
+    "torch",
+    "fastapi",
+    "uvicorn",
+    "prometheus_client",
+    "pycocotools",
+    "pycocoevalcap",
+    "transformers",
+    "ray",
+    "onnxruntime",
+    "av",
+    "pyarrow",
+    "tqdm",
+)
 
 
 def module_name(path: Path) -> str:

@@ -398,31 +398,42 @@ class DatasetStore:
         }
 
     def search(self, query: str, run: int | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        """Images whose captions, region labels or OCR text match ``query`` (every word, any order,
-        stemmed), best first, with the texts and regions that matched."""
+        """Images whose captions, region labels or OCR text match the words of ``query`` (stemmed),
+        best first: images with one text holding every word, then images holding more of the words
+        across their texts, then by BM25 summed over the matching texts. Each hit has the texts
+        and the regions that matched."""
         run = self._run(run)
-        words = re.findall(r"\w+", query.lower())
+        words = list(dict.fromkeys(re.findall(r"\w+", query.lower())))
         if not words:
             return []
-        match = " ".join(f'"{word}"' for word in words)
-        rows = self.db.execute(
-            "SELECT image_id, task, kind, text, bm25(texts) FROM texts WHERE texts MATCH ? AND run = ?",
-            (match, run),
-        ).fetchall()
-        if not rows:
-            # every word need not be in one text: rank images holding the words across their texts
-            match = " OR ".join(f'"{word}"' for word in words)
-            rows = self.db.execute(
-                "SELECT image_id, task, kind, text, bm25(texts) FROM texts WHERE texts MATCH ? AND run = ?",
-                (match, run),
-            ).fetchall()
         hits: dict[str, dict[str, Any]] = {}
-        for image_id, task, kind, text, rank in rows:
-            hit = hits.setdefault(image_id, {"id": image_id, "score": 0.0, "matches": []})
-            hit["score"] += -rank  # bm25 is lower for better matches
-            hit["matches"].append({"task": task, "kind": kind, "text": text})
-        ranked = sorted(hits.values(), key=lambda h: (-h["score"], h["id"]))[:limit]
+        seen: set[int] = set()
+
+        def collect(match: str, word: str | None) -> None:
+            rows = self.db.execute(
+                "SELECT rowid, image_id, task, kind, text, bm25(texts) FROM texts WHERE texts MATCH ? AND run = ?",
+                (match, run),
+            )
+            for rowid, image_id, task, kind, text, rank in rows:
+                hit = hits.setdefault(image_id, {"id": image_id, "score": 0.0, "matches": [], "_words": set()})
+                if word is None:
+                    hit["_whole"] = True
+                else:
+                    hit["_words"].add(word)
+                if rowid not in seen:
+                    seen.add(rowid)
+                    hit["score"] += -rank  # bm25 is lower for better matches
+                    hit["matches"].append({"task": task, "kind": kind, "text": text})
+
+        collect(" ".join(f'"{word}"' for word in words), None)
+        for word in words:
+            collect(f'"{word}"', word)
+        ranked = sorted(hits.values(), key=lambda h: (not h.get("_whole"), -len(h["_words"]), -h["score"], h["id"]))[
+            :limit
+        ]
         for hit in ranked:
+            hit.pop("_words")
+            hit.pop("_whole", None)
             hit["score"] = round(hit["score"], 4)
             record = self.db.execute(
                 "SELECT s.source, i.width, i.height FROM records r JOIN sources s ON s.key = r.source_key "
