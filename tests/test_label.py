@@ -410,3 +410,36 @@ def test_detect_then_coco_export_gives_the_evaluations_map(tmp_path, predictor):
     evaluation.summarize()
     print(f"mAP@0.5: exported labels {evaluation.stats[1]:.4f}, florence2 eval {evaluated['od_mAP50']:.4f}")
     assert evaluation.stats[1] == pytest.approx(evaluated["od_mAP50"], abs=0.01)
+
+
+# --- archives and videos through the whole engine ----------------------------------------------------------
+
+
+def test_tar_shards_and_video_frames_are_labeled_and_exported(scenes, tmp_path, predictor):
+    import io
+    import tarfile
+
+    from tests.test_label_sources import write_video
+
+    shard = tmp_path / "shard-000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name in ("000004.png", "000005.png"):
+            tar.add(scenes / name, arcname=f"sample-{name}")
+            info = tarfile.TarInfo(f"sample-{name}.json")
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+    video = write_video(tmp_path / "clip.mp4", frames=30, fps=10)
+    summary = label([shard, video], tmp_path / "ds", model=predictor, preset="detect", video_fps=1)
+    assert (summary.total, summary.labeled, summary.failed) == (5, 5, 0)  # 2 members + 3 frames
+    with DatasetStore(tmp_path / "ds") as store:
+        sources = sorted(json.dumps(r["source"], sort_keys=True) for r in store.records())
+        assert sum('"member"' in s for s in sources) == 2 and sum('"video"' in s for s in sources) == 3
+        frames = sorted(r["source"]["time"] for r in store.records() if "video" in r["source"])
+        assert frames == [0.0, 1.0, 2.0]
+    again = label([shard, video], tmp_path / "ds", model=predictor, preset="detect", video_fps=1)
+    assert (again.labeled, again.skipped) == (0, 5)
+    from florence2.label.export import export_dataset
+
+    exported = export_dataset(tmp_path / "ds", tmp_path / "yolo", "yolo")
+    assert exported["image_files"] == 5
+    assert sorted(p.suffix for p in (tmp_path / "yolo" / "images" / "train").iterdir()) == [".png"] * 5
