@@ -30,6 +30,7 @@ from florence2.weights import load_model, read_generation_settings, resolve_chec
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "model"
 # keyword options of ``Florence2.predict`` other than the decoding options
+BACKENDS = ("torch", "onnxruntime")
 PREDICT_OPTIONS = frozenset({"batch_size", "progress", "score_threshold", "nms_iou", "on_error"})
 
 
@@ -74,16 +75,27 @@ class Florence2:
         device: str | torch.device | None = None,
         dtype: torch.dtype | str | None = None,
         quantize: str | None = None,
+        backend: str = "torch",
     ) -> Florence2:
         """Load a checkpoint folder of either public layout (or a hub id); no path: the embedded model.
 
         quantize: ``"int8"`` stores the linear layers as int8 for faster CPU inference
             (:mod:`florence2.quantization`); None keeps ``dtype``.
+        backend: ``"torch"`` (this package's PyTorch model) or ``"onnxruntime"`` (the ONNX graphs of
+            an exported folder run by ONNX Runtime, :mod:`florence2.onnx_model`; no torch model is
+            built). Generation, scores and parsing are the same code for both.
         """
         if quantize is not None and quantize not in QUANTIZATION_MODES:
             raise ValueError(f"unknown quantization {quantize!r}; choose from {QUANTIZATION_MODES}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
         folder = default_model_path() if path is None else resolve_checkpoint(path)
-        model = load_model(folder, device=device, dtype=dtype)
+        if backend == "onnxruntime":
+            from florence2.onnx_model import load_onnx_model
+
+            model = load_onnx_model(folder, device=device, dtype=dtype)
+        else:
+            model = load_model(folder, device=device, dtype=dtype)
         if quantize == "int8":
             model = quantize_int8(model)
         processor = Florence2Processor.from_pretrained(folder, model.config.text.max_position_embeddings)
@@ -101,9 +113,9 @@ class Florence2:
         ``options``: the keyword options ``predict`` takes besides image, task, text and region
         (``batch_size``, ``progress``, ``score_threshold``, ``nms_iou`` and every decoding option);
         ``decoding``: the decoding settings used when a call names none."""
-        parameters = list(self.model.parameters())
         return {
-            "parameters": sum(p.numel() for p in parameters),
+            "backend": getattr(self.model, "backend", "torch"),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
             "device": str(self.model.device),
             "dtype": str(self.model.dtype).removeprefix("torch."),
             "quantized": self.quantized,

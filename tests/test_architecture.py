@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("florence2.errors", "florence2.progress", "florence2.sources")),
     ("config", ("florence2.config", "florence2.layouts", "florence2.coords")),
     ("model", ("florence2.model",)),
-    ("weights", ("florence2.weights", "florence2.quantization")),
+    ("weights", ("florence2.weights", "florence2.quantization", "florence2.onnx_model")),
     ("generation", ("florence2.generation",)),
     (
         "inputs and outputs",
