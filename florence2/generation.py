@@ -13,6 +13,7 @@ transformers' ``generate`` for this model, so the same weights give the same ids
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +28,7 @@ __all__ = [
     "EncoderDecoder",
     "GenerationOutput",
     "Seq2SeqDecoder",
+    "StepHook",
     "beam_search",
     "generate",
     "greedy_search",
@@ -71,7 +73,11 @@ class EncoderDecoder(Seq2SeqDecoder, Protocol):
         self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
+
 _NEG = -1.0e9  # "impossible" score used by the reference beam search bookkeeping
+
+# on_step(tokens, finished) -> rows to stop, or None: see :func:`search`
+StepHook = Callable[[torch.Tensor | None, torch.Tensor], Any]
 
 
 @dataclass
@@ -142,16 +148,46 @@ def generate(
 
 
 def search(
-    model: Seq2SeqDecoder, memory: torch.Tensor, memory_mask: torch.Tensor | None, options: DecodingOptions
+    model: Seq2SeqDecoder,
+    memory: torch.Tensor,
+    memory_mask: torch.Tensor | None,
+    options: DecodingOptions,
+    on_step: StepHook | None = None,
 ) -> GenerationOutput:
-    """Decode from encoder ``memory`` (B, S, D) (``memory_mask`` (B, S), 1 = real token, or None)."""
+    """Decode from encoder ``memory`` (B, S, D) (``memory_mask`` (B, S), 1 = real token, or None).
+
+    ``on_step(tokens, finished)``, when given, is called after every decoding step (and costs
+    nothing when not given):
+
+    * greedy search: ``tokens`` (B,) are the ids the step chose for each row (``pad`` for rows that
+      had already finished), ``finished`` (B,) bool says which rows are finished after it (the
+      hook must not modify either);
+    * beam search: ``tokens`` is None (the best hypothesis is only known at the end) and
+      ``finished`` (B,) says which items can no longer change.
+
+    The hook may return a (B,) bool tensor (or sequence) of rows to stop: each is marked finished
+    as it stands (its sequence ends where it is, without EOS) and the search ends when no row is
+    left. Returning None stops nothing; a hook that never stops a row changes no generated id.
+    """
     if options.num_beams == 1:
-        return greedy_search(model, memory, memory_mask, options)
-    return beam_search(model, memory, memory_mask, options)
+        return greedy_search(model, memory, memory_mask, options, on_step)
+    return beam_search(model, memory, memory_mask, options, on_step)
+
+
+def _stopped(on_step: StepHook, tokens: torch.Tensor | None, finished: torch.Tensor) -> torch.Tensor | None:
+    """The rows the hook asks to stop, as a bool tensor on ``finished``'s device (None: none)."""
+    stop = on_step(tokens, finished)
+    if stop is None:
+        return None
+    return torch.as_tensor(stop, dtype=torch.bool).to(finished.device)
 
 
 def greedy_search(
-    model: Seq2SeqDecoder, memory: torch.Tensor, memory_mask: torch.Tensor | None, options: DecodingOptions
+    model: Seq2SeqDecoder,
+    memory: torch.Tensor,
+    memory_mask: torch.Tensor | None,
+    options: DecodingOptions,
+    on_step: StepHook | None = None,
 ) -> GenerationOutput:
     B = memory.shape[0]
     L = options.total_length
@@ -172,6 +208,10 @@ def greedy_search(
         logprobs[:, cur] = torch.where(done, 0.0, lp)
         lengths += ~done
         done |= nxt == options.eos_token_id
+        if on_step is not None:
+            stop = _stopped(on_step, nxt, done)
+            if stop is not None:
+                done |= stop
         cur += 1
         if bool(done.all()):
             break
@@ -179,7 +219,11 @@ def greedy_search(
 
 
 def beam_search(
-    model: Seq2SeqDecoder, memory: torch.Tensor, memory_mask: torch.Tensor | None, options: DecodingOptions
+    model: Seq2SeqDecoder,
+    memory: torch.Tensor,
+    memory_mask: torch.Tensor | None,
+    options: DecodingOptions,
+    on_step: StepHook | None = None,
 ) -> GenerationOutput:
     """Vectorised beam search: all beams of all items go through the decoder as one batch."""
     B, K = memory.shape[0], options.num_beams
@@ -254,7 +298,18 @@ def beam_search(
         all_full = bool(fin_done.all()) and options.early_stopping
         if not bool(can_improve.any()) or all_full or bool(ends.all()):
             break
+        if on_step is not None:
+            # an item is finished when it can take no better hypothesis; a stopped item takes none
+            finished = ~can_improve[:, 0] | (fin_done.all(1) & options.early_stopping)
+            stop = _stopped(on_step, None, finished)
+            if stop is not None:
+                can_improve = can_improve & ~stop[:, None]
+                finished = finished | stop
+            # every item done or stopped; also ends a batch whose items are done in different ways
+            # (some full, some unable to improve), which changes no result: no finished set can change
+            if bool(finished.all()):
+                break
 
     # hypotheses are stored padded past their own end; crop to the longest best one
-    length = int(fin_len[:, 0].max())
+    length = max(1, int(fin_len[:, 0].max()))  # at least the start token (items stopped before any ended)
     return GenerationOutput(fin_tokens[:, 0, :length], fin_lp[:, 0, :length], fin_scores[:, 0])
