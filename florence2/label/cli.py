@@ -69,7 +69,16 @@ def add_label_parser(sub: Any) -> None:
     p.add_argument("--ontology", help='"phrase=class,phrase=class" or a file of such lines: open-vocabulary detection')
     p.add_argument("--model", help="checkpoint folder (either public layout) or hub id; default: embedded model")
     p.add_argument("--batch-size", type=int, default=8, help="images per model batch")
-    p.add_argument("--workers", type=int, default=2, help="threads reading and decoding images ahead of the model")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local: threads reading images ahead of the model (default 2); ray: actors, one model each (default 1)",
+    )
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="this process, or a Ray cluster")
+    p.add_argument("--ray-address", help="the Ray cluster to join (default $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs each actor takes")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="ray: CPUs each actor takes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     p.add_argument("--quantize", choices=["int8"], help="int8 linear layers (CPU)")
@@ -103,7 +112,11 @@ def cmd_label(args: argparse.Namespace) -> int:
         tasks=args.task,
         ontology=args.ontology,
         batch_size=args.batch_size,
-        workers=args.workers,
+        workers=args.workers or (1 if args.engine == "ray" else 2),
+        engine=args.engine,
+        ray_address=args.ray_address,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
         device=args.device,
         dtype=args.dtype,
         quantize=args.quantize,

@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from florence2 import __version__
+from florence2.config import DecodingOptions
 from florence2.errors import Florence2Error, ImageLoadError, TaskError
 from florence2.image import PreparedImage
 from florence2.label.filters import GROUNDING, Filters, region_text_pairs
@@ -43,6 +44,7 @@ from florence2.tasks import get_task
 from florence2.weights import resolve_checkpoint
 
 OPEN_VOCABULARY = "<OPEN_VOCABULARY_DETECTION>"
+ENGINES = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -197,7 +199,33 @@ class _Item:
     seconds: float = 0.0
 
 
-def model_fingerprint(predictor: Florence2, folder: Path | None = None) -> str:
+def run_settings(
+    plan: Plan,
+    filters: Filters,
+    merge_iou: float,
+    *,
+    model: str,
+    fingerprint: str,
+    decoding: DecodingOptions,
+    dtype: str,
+    quantized: str | None,
+) -> dict[str, Any]:
+    """What defines a run (whichever engine labels it): labeling again with equal settings
+    continues it, other settings need a new run."""
+    return {
+        "model": model,
+        "model_fingerprint": fingerprint,
+        **plan.settings(),
+        "decoding": asdict(decoding),
+        "filters": filters.settings(),
+        "merge_iou": merge_iou if plan.ground else None,
+        "dtype": dtype,
+        "quantized": quantized,
+        "version": __version__,
+    }
+
+
+def model_fingerprint(folder: Path | None, predictor: Florence2 | None = None) -> str:
     """A digest of the model: of its checkpoint's files (config and weights) when it was loaded from
     ``folder``, else of its tensors."""
     digest = hashlib.sha256()
@@ -207,7 +235,7 @@ def model_fingerprint(predictor: Florence2, folder: Path | None = None) -> str:
         with open(file, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
-    if not files:
+    if not files and predictor is not None:
         for name, tensor in predictor.model.state_dict().items():
             if isinstance(tensor, torch.Tensor):
                 digest.update(name.encode())
@@ -267,17 +295,17 @@ class Labeler:
 
     def settings(self, model: str, fingerprint: str) -> dict[str, Any]:
         """What defines a run: labeling again with equal settings continues it."""
-        return {
-            "model": model,
-            "model_fingerprint": fingerprint,
-            **self.plan.settings(),
-            "decoding": asdict(self.predictor.decoding_options(**self.decoding)),
-            "filters": self.filters.settings(),
-            "merge_iou": self.merge_iou if self.plan.ground else None,
-            "dtype": self.predictor.info()["dtype"],
-            "quantized": self.predictor.quantized,
-            "version": __version__,
-        }
+        p = self.predictor
+        return run_settings(
+            self.plan,
+            self.filters,
+            self.merge_iou,
+            model=model,
+            fingerprint=fingerprint,
+            decoding=p.decoding_options(**self.decoding),
+            dtype=p.info()["dtype"],
+            quantized=p.quantized,
+        )
 
     # --- inference on one batch ---------------------------------------------------------------------
 
@@ -388,23 +416,13 @@ class Labeler:
         self, batch: list[_Item], store: DatasetStore, run: int, summary: LabelSummary, retry_failed: bool
     ) -> Counter:
         known = store.labeled_images(run, [item.image_id for item in batch], retry_failed)
-        outcomes: dict[str, Outcome] = {}
-        todo: list[_Item] = []
-        for item in batch:
-            name = (item.source.key, item.source.source, item.source.stamp)
-            if item.image_id in outcomes:  # the same image twice in this batch
-                outcomes[item.image_id].aliases.append(name)
-                summary.duplicates += 1
-                continue
-            outcome = Outcome(*name, item.image_id, seconds=item.seconds, alias_only=item.image_id in known)
-            outcomes[item.image_id] = outcome
-            if outcome.alias_only:  # labeled earlier under another name: only this name is recorded
-                summary.duplicates += 1
-            elif item.image is None:
-                outcome.error = item.error
-            else:
-                outcome.width, outcome.height = item.image.size
-                todo.append(item)
+        outcomes, todo = plan_batch(batch, known)
+        drops = self.label_items(outcomes, todo)
+        record(store, run, list(outcomes.values()), drops, summary)
+        return drops
+
+    def label_items(self, outcomes: Mapping[str, Outcome], todo: Sequence[_Item]) -> Counter:
+        """Run the plan on ``todo`` and put each answer, filtered, into its outcome; returns the drops."""
         started = time.perf_counter()
         answers = self.infer([item.image for item in todo]) if todo else []
         per_image = (time.perf_counter() - started) / max(1, len(todo))
@@ -420,17 +438,44 @@ class Labeler:
             if self.plan.ground:
                 kept["regions"] = region_text_pairs(kept, self.merge_iou)
             outcome.results = kept
-        store.commit(run, list(outcomes.values()), drops)
-        for outcome in outcomes.values():
-            if outcome.alias_only:
-                continue
-            if outcome.results is None:
-                summary.failed += 1
-                if len(summary.failures) < _SHOWN_FAILURES:
-                    summary.failures.append({"source": outcome.key, "error": outcome.error or "unknown error"})
-            else:
-                summary.labeled += 1
         return drops
+
+
+def plan_batch(batch: Sequence[_Item], known: set[str]) -> tuple[dict[str, Outcome], list[_Item]]:
+    """One outcome per distinct image of ``batch`` (more names of one image become its aliases;
+    an image in ``known``, labeled earlier, only gets its names recorded), and the items to label."""
+    outcomes: dict[str, Outcome] = {}
+    todo: list[_Item] = []
+    for item in batch:
+        name = (item.source.key, item.source.source, item.source.stamp)
+        if item.image_id in outcomes:  # the same image twice in this batch
+            outcomes[item.image_id].aliases.append(name)
+            continue
+        outcome = Outcome(*name, item.image_id, seconds=item.seconds, alias_only=item.image_id in known)
+        outcomes[item.image_id] = outcome
+        if outcome.alias_only:
+            continue
+        if item.image is None:
+            outcome.error = item.error
+        else:
+            outcome.width, outcome.height = item.image.size
+            todo.append(item)
+    return outcomes, todo
+
+
+def record(store: DatasetStore, run: int, outcomes: Sequence[Outcome], drops: Counter, summary: LabelSummary) -> None:
+    """Write one batch's outcomes in one transaction and count them in ``summary``."""
+    store.commit(run, outcomes, drops)
+    for outcome in outcomes:
+        summary.duplicates += len(outcome.aliases) + outcome.alias_only
+        if outcome.alias_only:
+            continue
+        if outcome.results is None:
+            summary.failed += 1
+            if len(summary.failures) < _SHOWN_FAILURES:
+                summary.failures.append({"source": outcome.key, "error": outcome.error or "unknown error"})
+        else:
+            summary.labeled += 1
 
 
 def _add_class(result: dict[str, Any], answer: Mapping[str, Any], name: str) -> None:
@@ -478,6 +523,10 @@ def label(
     retry_failed: bool = False,
     limit: int | None = None,
     progress: bool | None = False,
+    engine: str = "local",
+    ray_address: str | None = None,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: float = 1.0,
     **decoding: Any,
 ) -> LabelSummary:
     """Label images, archives and videos into the dataset folder ``out`` (created when missing).
@@ -490,18 +539,33 @@ def label(
     filters: :class:`~florence2.label.filters.Filters` applied before anything is stored.
     new_run: label a dataset made with other settings (model, tasks, decoding, filters) as a new run.
     retry_failed: label again the images a previous call of this run could not read.
+    engine: ``"local"`` (this process; ``workers`` read images) or ``"ray"``
+        (:mod:`florence2.label.ray_engine`: ``workers`` actors with ``gpus_per_worker`` GPUs and
+        ``cpus_per_worker`` CPUs each, on the cluster at ``ray_address``, or a local Ray).
     decoding: :class:`~florence2.config.DecodingOptions` fields (``num_beams``, ...).
     """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
+    if engine == "ray":
+        from florence2.label.ray_engine import label_with_ray
+
+        return label_with_ray(
+            sources, out, model=model, preset=preset, tasks=tasks, ontology=ontology, batch_size=batch_size,
+            workers=workers, device=device, dtype=dtype, quantize=quantize, video_fps=video_fps,
+            video_stride=video_stride, filters=filters, merge_iou=merge_iou, new_run=new_run,
+            retry_failed=retry_failed, limit=limit, progress=progress, ray_address=ray_address,
+            gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, **decoding,
+        )  # fmt: skip
     sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     plan = Plan.make(preset, tasks, ontology)
     filters = filters or Filters()
     if isinstance(model, Florence2):
-        predictor, model_name, fingerprint = model, "given predictor", model_fingerprint(model)
+        predictor, model_name, fingerprint = model, "given predictor", model_fingerprint(None, model)
     else:
         predictor = Florence2.from_pretrained(model, device=device, dtype=dtype, quantize=quantize)
         folder = DEFAULT_MODEL_DIR if model is None else resolve_checkpoint(model)
         model_name = str(model) if model is not None else "embedded"
-        fingerprint = model_fingerprint(predictor, Path(folder))
+        fingerprint = model_fingerprint(Path(folder), predictor)
     labeler = Labeler(
         predictor, plan, filters=filters, merge_iou=merge_iou, batch_size=batch_size, workers=workers, decoding=decoding
     )

@@ -1,0 +1,376 @@
+"""Labeling on a Ray cluster: the same runs, records and exactly-once rule as the local engine, with
+images read by Ray tasks and labeled by a pool of Ray actors that each load the model once.
+
+    florence2 label s3-mounted/photos/ --out my-dataset --engine ray --workers 8 --gpus-per-worker 1
+
+The driver (the process running the command) enumerates the sources, leaves out what the dataset
+already has, and builds a Ray Dataset of the rest: ``map_batches`` of a read function (Ray tasks:
+read the bytes, hash them, decode and resize to model input) then ``map_batches`` of
+:class:`LabelWorker` (``--workers`` actors, ``--gpus-per-worker`` GPUs each, one model each, the
+local engine's batch inference and filters). The driver streams the labeled batches back and
+writes each in one transaction of the dataset store, as the local engine does: only the driver
+writes, so many workers finishing at once never contend for the database, and a crash of the
+driver or of a worker loses at most the batches in flight; the same command again labels the rest.
+
+Ray is an optional dependency (``pip install 'florence2[ray]'``). Without ``ray_address`` (or
+``RAY_ADDRESS`` in the environment) a local Ray is started. Workers read the model folder and the
+sources from their own file systems: a shared mount, or copies at the same paths.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from florence2.config import DecodingOptions
+from florence2.errors import Florence2Error
+from florence2.image import ImageProcessor, PreparedImage
+from florence2.label.engine import (
+    Labeler,
+    LabelSummary,
+    Plan,
+    _Item,
+    _read,
+    model_fingerprint,
+    plan_batch,
+    record,
+    run_settings,
+)
+from florence2.label.filters import Filters
+from florence2.label.sources import SourceItem, count_sources, iter_sources, open_source
+from florence2.label.store import DatasetStore, Outcome
+from florence2.pipeline import DEFAULT_MODEL_DIR, Florence2
+from florence2.progress import progress_bar
+from florence2.weights import _parse_dtype, read_config, read_generation_settings, resolve_checkpoint
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as error:
+        raise Florence2Error(
+            f"--engine ray needs Ray: pip install 'florence2[ray]' ({error}); or label with the local engine"
+        ) from error
+    return ray
+
+
+# --- reading (Ray tasks) -------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _processor(folder: str) -> ImageProcessor:
+    return ImageProcessor.from_pretrained(folder)
+
+
+def read_batch(batch: Mapping[str, np.ndarray], folder: str) -> dict[str, np.ndarray]:
+    """Read, hash and prepare the images of a batch of sources (runs in Ray tasks)."""
+    processor = _processor(folder)
+    height, width = processor.size
+    columns: dict[str, list] = {name: [] for name in ("image_id", "pixels", "width", "height", "error", "seconds")}
+    for source in batch["source"]:
+        parsed = json.loads(source)
+        item = _read(SourceItem("", parsed, None, functools.partial(open_source, parsed)), processor.prepare)
+        image = item.image
+        columns["image_id"].append(item.image_id)
+        columns["pixels"].append(
+            image.pixel_values.numpy() if image is not None else np.zeros((3, height, width), np.float32)
+        )
+        columns["width"].append(image.size[0] if image is not None else 0)
+        columns["height"].append(image.size[1] if image is not None else 0)
+        columns["error"].append(item.error or "")
+        columns["seconds"].append(item.seconds)
+    out = {name: np.asarray(values) for name, values in columns.items() if name != "pixels"}
+    out["pixels"] = np.stack(columns["pixels"])
+    for name in ("key", "source", "stamp"):
+        out[name] = np.asarray(batch[name])
+    return out
+
+
+# --- labeling (Ray actors) -----------------------------------------------------------------------------
+
+
+class LabelWorker:
+    """A Ray actor: one model, the local engine's inference and filters on each batch it is given."""
+
+    def __init__(
+        self,
+        folder: str,
+        plan: Plan,
+        filters: Filters,
+        merge_iou: float,
+        decoding: Mapping[str, Any],
+        device: str | None,
+        dtype: str | None,
+        quantize: str | None,
+        batch_size: int,
+        threads: int,
+    ) -> None:
+        torch.set_num_threads(max(1, threads))
+        if device is None and torch.cuda.is_available():
+            device = "cuda"
+        predictor = Florence2.from_pretrained(folder, device=device, dtype=dtype, quantize=quantize)
+        self.labeler = Labeler(
+            predictor, plan, filters=filters, merge_iou=merge_iou, batch_size=batch_size, decoding=decoding
+        )
+
+    def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        items = []
+        for i in range(len(batch["key"])):
+            source = SourceItem(str(batch["key"][i]), json.loads(batch["source"][i]), _stamp(batch["stamp"][i]), None)
+            item = _Item(source, str(batch["image_id"][i]), error=str(batch["error"][i]) or None)
+            item.seconds = float(batch["seconds"][i])
+            if item.error is None:
+                pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][i]))
+                item.image = PreparedImage(pixels, (int(batch["width"][i]), int(batch["height"][i])))
+            items.append(item)
+        outcomes, todo = plan_batch(items, known=set())
+        drops = self.labeler.label_items(outcomes, todo)
+        return _outcome_columns(list(outcomes.values()), drops)
+
+
+def _stamp(value: Any) -> str | None:
+    return str(value) or None
+
+
+def _outcome_columns(outcomes: Sequence[Outcome], drops: Counter) -> dict[str, np.ndarray]:
+    rows = [
+        {
+            "key": o.key,
+            "source": json.dumps(o.source),
+            "stamp": o.stamp or "",
+            "image_id": o.image_id,
+            "width": o.width or 0,
+            "height": o.height or 0,
+            "results": json.dumps(o.results) if o.results is not None else "",
+            "error": o.error or "",
+            "seconds": o.seconds,
+            "aliases": json.dumps(o.aliases),
+            # a batch's drops ride on its first row
+            "drops": json.dumps([[t, r, n] for (t, r), n in drops.items()] if i == 0 else []),
+        }
+        for i, o in enumerate(outcomes)
+    ]
+    return {name: np.asarray([row[name] for row in rows]) for name in rows[0]} if rows else {}
+
+
+def _outcomes(batch: Mapping[str, np.ndarray]) -> tuple[list[Outcome], Counter]:
+    """The driver's side of :func:`_outcome_columns`."""
+    outcomes, drops = [], Counter()
+    for i in range(len(batch["key"])):
+        results = str(batch["results"][i])
+        outcomes.append(
+            Outcome(
+                key=str(batch["key"][i]),
+                source=json.loads(batch["source"][i]),
+                stamp=_stamp(batch["stamp"][i]),
+                image_id=str(batch["image_id"][i]),
+                width=int(batch["width"][i]) or None,
+                height=int(batch["height"][i]) or None,
+                results=json.loads(results) if results else None,
+                error=str(batch["error"][i]) or None,
+                seconds=float(batch["seconds"][i]),
+                aliases=[tuple(a) for a in json.loads(batch["aliases"][i])],
+            )
+        )
+        for task, reason, count in json.loads(batch["drops"][i]):
+            drops[(task, reason)] += count
+    return outcomes, drops
+
+
+# --- the driver ----------------------------------------------------------------------------------------
+
+
+def label_with_ray(
+    sources: str | os.PathLike | Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    model: str | os.PathLike | None = None,
+    preset: str | None = None,
+    tasks: Sequence[str] | None = None,
+    ontology: str | os.PathLike | Mapping[str, str] | None = None,
+    batch_size: int = 8,
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: float = 1.0,
+    ray_address: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    quantize: str | None = None,
+    video_fps: float | None = None,
+    video_stride: int | None = None,
+    filters: Filters | None = None,
+    merge_iou: float = 0.7,
+    new_run: bool = False,
+    retry_failed: bool = False,
+    limit: int | None = None,
+    progress: bool | None = False,
+    **decoding: Any,
+) -> LabelSummary:
+    """:func:`florence2.label.label` on Ray (see the module docstring); the same options, plus
+    ``workers`` (actors, one model each), ``gpus_per_worker``, ``cpus_per_worker`` and
+    ``ray_address``. ``model`` is a checkpoint folder every worker can read."""
+    if isinstance(model, Florence2):
+        raise Florence2Error(
+            "the ray engine loads the model in every worker: pass a checkpoint folder, not a predictor"
+        )
+    if batch_size < 1 or workers < 1:
+        raise ValueError(f"batch_size and workers must be >= 1, got {batch_size} and {workers}")
+    ray = _import_ray()
+    sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    plan = Plan.make(preset, tasks, ontology)
+    filters = filters or Filters()
+    folder = Path(DEFAULT_MODEL_DIR if model is None else resolve_checkpoint(model)).resolve()
+    decoding = {k: v for k, v in decoding.items() if v is not None}
+    options = DecodingOptions.for_model(read_config(folder), **{**read_generation_settings(folder), **decoding})
+    settings = run_settings(
+        plan,
+        filters,
+        merge_iou,
+        model=str(model) if model is not None else "embedded",
+        fingerprint=model_fingerprint(folder),
+        decoding=options,
+        dtype=str(_parse_dtype(dtype)).removeprefix("torch."),
+        quantized=quantize,
+    )
+    started = time.perf_counter()
+    with DatasetStore(out, create=True) as store:
+        run, resumed = store.run_for(settings, new_run=new_run)
+        summary = LabelSummary(dataset=str(out), run=run, resumed=resumed, total=0)
+        total = count_sources(sources, video_fps=video_fps, video_stride=video_stride)
+        summary.total = total if limit is None else min(total, limit)
+        todo = _remaining(store, run, sources, video_fps, video_stride, retry_failed, limit, summary)
+        with progress_bar(summary.total, enabled=progress, unit="img", desc="labeling on ray") as bar:
+            bar.update(summary.skipped)
+            if todo:
+                _start(ray, ray_address)
+                dataset = _pipeline(
+                    ray, todo, str(folder), plan, filters, merge_iou, decoding, device, dtype, quantize,
+                    batch_size, workers, gpus_per_worker, cpus_per_worker,
+                )  # fmt: skip
+                drops: Counter = Counter()
+                for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                    outcomes, batch_drops = _outcomes(batch)
+                    known = store.labeled_images(run, [o.image_id for o in outcomes], retry_failed)
+                    for outcome in outcomes:
+                        if outcome.image_id in known:  # labeled by another batch under another name
+                            outcome.alias_only, outcome.results, outcome.error = True, None, None
+                    record(store, run, outcomes, batch_drops, summary)
+                    drops.update(batch_drops)
+                    bar.update(sum(1 + len(o.aliases) for o in outcomes))
+                    bar.set_postfix(failed=summary.failed)
+                for (task, reason), count in drops.items():
+                    summary.dropped.setdefault(task, {})[reason] = count
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _start(ray: Any, address: str | None) -> None:
+    """Join the cluster (or start a local Ray), with Ray's own progress output off: the command
+    draws its own bar and summary."""
+    import logging
+
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # the local Ray's own processes
+    ray.init(
+        address=address,
+        ignore_reinit_error=True,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+def _remaining(
+    store: DatasetStore,
+    run: int,
+    sources: Sequence[str | os.PathLike],
+    video_fps: float | None,
+    video_stride: int | None,
+    retry_failed: bool,
+    limit: int | None,
+    summary: LabelSummary,
+) -> list[dict[str, str]]:
+    """The sources this run has not labeled yet, as rows of the Ray Dataset."""
+    rows, seen = [], 0
+    chunk: list[SourceItem] = []
+
+    def flush() -> None:
+        done = store.finished(run, [(item.key, item.stamp) for item in chunk], retry_failed)
+        summary.skipped += len(done)
+        rows.extend(
+            {"key": i.key, "source": json.dumps(i.source), "stamp": i.stamp or ""} for i in chunk if i.key not in done
+        )
+        chunk.clear()
+
+    for item in iter_sources(sources, video_fps=video_fps, video_stride=video_stride):
+        if limit is not None and seen >= limit:
+            break
+        seen += 1
+        chunk.append(item)
+        if len(chunk) >= 500:
+            flush()
+    flush()
+    return rows
+
+
+def _pipeline(
+    ray: Any,
+    rows: list[dict[str, str]],
+    folder: str,
+    plan: Plan,
+    filters: Filters,
+    merge_iou: float,
+    decoding: Mapping[str, Any],
+    device: str | None,
+    dtype: str | None,
+    quantize: str | None,
+    batch_size: int,
+    workers: int,
+    gpus_per_worker: float,
+    cpus_per_worker: float,
+) -> Any:
+    dataset = ray.data.from_items(rows)
+    # reading asks for no CPU of its own: actors may hold every CPU of a small cluster, and reads
+    # must still run (a few at a time per worker, so they stay just ahead of the models)
+    dataset = dataset.map_batches(
+        read_batch,
+        fn_kwargs={"folder": folder},
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=2 * workers),
+    )
+    return dataset.map_batches(
+        LabelWorker,
+        fn_constructor_kwargs={
+            "folder": folder,
+            "plan": plan,
+            "filters": filters,
+            "merge_iou": merge_iou,
+            "decoding": dict(decoding),
+            "device": device,
+            "dtype": dtype,
+            "quantize": quantize,
+            "batch_size": batch_size,
+            "threads": max(1, int(cpus_per_worker)),
+        },
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=cpus_per_worker,
+        num_gpus=gpus_per_worker,
+    )

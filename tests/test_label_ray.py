@@ -1,0 +1,109 @@
+"""The ray engine on a local Ray (2 CPUs): the same records as the local engine, and exactly once
+after the driver is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray", reason="the ray engine needs the 'ray' extra")
+
+from florence2.data.synthetic import write_split  # noqa: E402
+from florence2.label import DatasetStore  # noqa: E402
+from tests.test_label import assert_same_labels, committed  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> Path:
+    """60 scenes (one of them twice under another name) and four broken files."""
+    folder = tmp_path_factory.mktemp("ray-sources")
+    write_split(folder, 60, seed=41)
+    (folder / "annotations.jsonl").unlink()
+    (folder / "world.json").unlink()
+    shutil.copy(folder / "000007.png", folder / "copy-of-7.png")
+    (folder / "broken-text.png").write_text("no image here")
+    (folder / "broken-empty.png").write_bytes(b"")
+    (folder / "broken-truncated.png").write_bytes((folder / "000001.png").read_bytes()[:300])
+    (folder / "broken-postscript.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n")
+    return folder
+
+
+def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "florence2.cli", *args], capture_output=True, text=True, env=env, timeout=600, **kwargs
+    )
+
+
+def contents(folder: Path) -> tuple[dict, dict]:
+    """Records by image id (every name it was found under, size, results) and failures by source
+    name: what a run made, without its times and run id."""
+    with DatasetStore(folder) as store:
+        done = {
+            r["id"]: (
+                sorted(Path(s["path"]).name for s in store.sources_of(r["id"])),
+                r["width"],
+                r["height"],
+                r["results"],
+            )
+            for r in store.records()
+        }
+        failed = {Path(r["source"]["path"]).name: (r["id"], r["error"]) for r in store.records(failed=True)}
+    return done, failed
+
+
+def test_the_ray_and_local_engines_make_the_same_records(sources, tmp_path):
+    local = cli("label", str(sources), "--out", str(tmp_path / "local"), "--preset", "detect", "--json")
+    on_ray = cli(
+        "label", str(sources), "--out", str(tmp_path / "ray"), "--preset", "detect", "--json",
+        "--engine", "ray", "--workers", "2", "--batch-size", "8",
+    )  # fmt: skip
+    assert local.returncode == on_ray.returncode == 1, on_ray.stderr[-2000:]  # the broken files
+    a, b = json.loads(local.stdout), json.loads(on_ray.stdout)
+    assert (a["labeled"], a["failed"], a["duplicates"]) == (b["labeled"], b["failed"], b["duplicates"]) == (60, 4, 1)
+    (local_done, local_failed), (ray_done, ray_failed) = contents(tmp_path / "local"), contents(tmp_path / "ray")
+    assert local_failed == ray_failed and local_done.keys() == ray_done.keys()
+    for image_id, (names, width, height, results) in local_done.items():
+        assert (names, width, height) == ray_done[image_id][:3]
+        # another batch composition may round coordinates and scores differently in the last bits
+        assert_same_labels(results, ray_done[image_id][3])
+    with DatasetStore(tmp_path / "ray") as store:
+        assert store.runs()[0]["settings"] == DatasetStore(tmp_path / "local").runs()[0]["settings"]
+
+
+def test_killing_the_ray_driver_then_the_same_command_labels_every_image_once(sources, tmp_path):
+    out = tmp_path / "ds"
+    command = ["label", str(sources), "--out", str(out), "--preset", "detect", "--engine", "ray", "--batch-size", "4"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "florence2.cli", *command],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # the driver and the local Ray it started, killed together
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None and committed(out) < 12:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert 0 < committed(out) < 65
+    result = cli(*command, "--json")
+    assert result.returncode == 1, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["skipped"] > 0 and summary["labeled"] < 60
+    with DatasetStore(out) as store:
+        records = list(store.records())
+        assert len(records) == len({r["id"] for r in records}) == 60
+        assert store.counts() == {"images": 60, "failed": 4}
+        assert store.db.execute("SELECT count(*) FROM records").fetchone()[0] == 64
