@@ -93,11 +93,11 @@ class Florence2:
         if backend == "onnxruntime":
             from florence2.onnx_model import load_onnx_model
 
-            model = load_onnx_model(folder, device=device, dtype=dtype)
+            model = load_onnx_model(folder, device=device, dtype=dtype, quantize=quantize)  # the _int8 graphs
         else:
             model = load_model(folder, device=device, dtype=dtype)
-        if quantize == "int8":
-            model = quantize_int8(model)
+            if quantize == "int8":
+                model = quantize_int8(model)
         processor = Florence2Processor.from_pretrained(folder, model.config.text.max_position_embeddings)
         predictor = cls(model, processor, read_generation_settings(folder))
         predictor.quantized = quantize
