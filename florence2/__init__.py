@@ -29,6 +29,7 @@ _EXPORTS = {
     "TextConfig": "florence2.config",
     "VisionConfig": "florence2.config",
     "draw_result": "florence2.visualize",
+    "export_onnx": "florence2.export.onnx",
     "generate": "florence2.generation",
     "get_task": "florence2.tasks",
     "load_image": "florence2.image",
@@ -53,6 +54,7 @@ __all__ = [
     "TextConfig",
     "VisionConfig",
     "draw_result",
+    "export_onnx",
     "generate",
     "get_task",
     "load_image",
@@ -77,6 +79,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # names for type checkers and IDEs; never executed
     from florence2.config import VARIANTS, DecodingOptions, Florence2Config, TextConfig, VisionConfig
     from florence2.errors import CheckpointError, Florence2Error, ImageLoadError, TaskError
+    from florence2.export.onnx import export_onnx
     from florence2.generation import generate
     from florence2.image import ImageProcessor, load_image
     from florence2.model.florence2 import Florence2Model

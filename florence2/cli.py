@@ -50,6 +50,7 @@ COMMANDS: dict[str, Command] = {
     "serve": Command("HTTP API and web page", "florence2.serve.cli:add_serve_parser"),
     "label": Command("label images, archives and videos into a dataset", "florence2.label.cli:add_label_parser"),
     "dataset": Command("statistics, search and export of a labeled dataset", "florence2.label.cli:add_dataset_parser"),
+    "export": Command("export a model for other runtimes", "florence2.export.cli:add_export_parser"),
     "tasks": Command("list the tasks and their prompts", "florence2.cli:add_tasks_parser"),
 }
 
@@ -127,7 +128,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
         if v is not None
     }
-    predictor = Florence2.from_pretrained(args.model, device=args.device, dtype=args.dtype, quantize=args.quantize)
+    predictor = Florence2.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, quantize=args.quantize, backend=args.backend
+    )
     draw_to = _draw_targets(args.draw, images, tasks) if args.draw else {}
     failures = 0
     write = RECORD_WRITERS["json" if args.json else args.format]
@@ -200,6 +203,12 @@ def add_predict_parser(sub: Any) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     p.add_argument("--quantize", choices=["int8"], help="int8 linear layers (CPU): faster, slightly less exact")
+    p.add_argument(
+        "--backend",
+        choices=["torch", "onnxruntime"],
+        default="torch",
+        help="run the PyTorch model, or an ONNX export (florence2 export onnx) on ONNX Runtime",
+    )
     p.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
