@@ -49,6 +49,7 @@ __all__ = [
     "load_model",
     "load_state_dict_strict",
     "native_state_dict",
+    "parse_dtype",
     "read_config",
     "read_generation_settings",
     "read_weights",
@@ -62,6 +63,7 @@ class WritesFiles(Protocol):
     """Anything that adds its files to a checkpoint folder (a processor: tokenizer, preprocessor)."""
 
     def save_pretrained(self, folder: Path, image_seq_length: int | None = None) -> None: ...
+
 
 _EMBED = "language_model.shared.weight"
 # keys that are the token embedding under other names (weight tying)
@@ -201,7 +203,7 @@ def load_model(
     folder = resolve_checkpoint(path)
     config = read_config(folder)
     state = convert_state_dict(read_weights(folder))
-    dtype = _parse_dtype(dtype)
+    dtype = parse_dtype(dtype)
     with _without_init():  # uninitialised tensors: the checkpoint fills every one
         model = Florence2Model(config)
     load_state_dict_strict(model, state)
@@ -226,7 +228,8 @@ def _without_init() -> Iterator[None]:
             setattr(torch.nn.init, name, function)
 
 
-def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """A torch dtype from a dtype or its name (``"float16"``, ``"fp16"``, ``"bf16"``, ...); None: float32."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):

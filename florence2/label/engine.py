@@ -502,6 +502,42 @@ def _chunks(items: Iterator[SourceItem], size: int) -> Iterator[list[SourceItem]
         yield chunk
 
 
+@dataclass(frozen=True)
+class LabelJob:
+    """Everything one labeling command asked for, whichever engine runs it (see :func:`label`)."""
+
+    sources: list[str | os.PathLike]
+    out: Path
+    model: str | os.PathLike | Florence2 | None
+    plan: Plan
+    filters: Filters
+    merge_iou: float
+    batch_size: int
+    workers: int
+    device: str | None
+    dtype: str | None
+    quantize: str | None
+    video_fps: float | None
+    video_stride: int | None
+    new_run: bool
+    retry_failed: bool
+    limit: int | None
+    progress: bool | None
+    decoding: dict[str, Any]
+    ray_address: str | None = None
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+
+    @property
+    def model_folder(self) -> Path:
+        """The checkpoint folder (the embedded model's without a model)."""
+        return Path(DEFAULT_MODEL_DIR if self.model is None else resolve_checkpoint(self.model)).resolve()
+
+    @property
+    def model_name(self) -> str:
+        return str(self.model) if self.model is not None else "embedded"
+
+
 def label(
     sources: str | os.PathLike | Sequence[str | os.PathLike],
     out: str | os.PathLike,
@@ -546,40 +582,66 @@ def label(
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
+    if batch_size < 1 or workers < 1:
+        raise ValueError(f"batch_size and workers must be >= 1, got {batch_size} and {workers}")
+    job = LabelJob(
+        sources=[sources] if isinstance(sources, (str, os.PathLike)) else list(sources),
+        out=Path(out),
+        model=model,
+        plan=Plan.make(preset, tasks, ontology),
+        filters=filters or Filters(),
+        merge_iou=merge_iou,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        dtype=dtype,
+        quantize=quantize,
+        video_fps=video_fps,
+        video_stride=video_stride,
+        new_run=new_run,
+        retry_failed=retry_failed,
+        limit=limit,
+        progress=progress,
+        decoding={k: v for k, v in decoding.items() if v is not None},
+        ray_address=ray_address,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+    )
     if engine == "ray":
         from florence2.label.ray_engine import label_with_ray
 
-        return label_with_ray(
-            sources, out, model=model, preset=preset, tasks=tasks, ontology=ontology, batch_size=batch_size,
-            workers=workers, device=device, dtype=dtype, quantize=quantize, video_fps=video_fps,
-            video_stride=video_stride, filters=filters, merge_iou=merge_iou, new_run=new_run,
-            retry_failed=retry_failed, limit=limit, progress=progress, ray_address=ray_address,
-            gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, **decoding,
-        )  # fmt: skip
-    sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
-    plan = Plan.make(preset, tasks, ontology)
-    filters = filters or Filters()
+        return label_with_ray(job)
+    return _label_here(job)
+
+
+def _label_here(job: LabelJob) -> LabelSummary:
+    """The local engine: this process reads (``job.workers`` threads) and runs the model."""
+    model = job.model
     if isinstance(model, Florence2):
         predictor, model_name, fingerprint = model, "given predictor", model_fingerprint(None, model)
     else:
-        predictor = Florence2.from_pretrained(model, device=device, dtype=dtype, quantize=quantize)
-        folder = DEFAULT_MODEL_DIR if model is None else resolve_checkpoint(model)
-        model_name = str(model) if model is not None else "embedded"
-        fingerprint = model_fingerprint(Path(folder), predictor)
+        predictor = Florence2.from_pretrained(model, device=job.device, dtype=job.dtype, quantize=job.quantize)
+        model_name, fingerprint = job.model_name, model_fingerprint(job.model_folder, predictor)
     labeler = Labeler(
-        predictor, plan, filters=filters, merge_iou=merge_iou, batch_size=batch_size, workers=workers, decoding=decoding
+        predictor,
+        job.plan,
+        filters=job.filters,
+        merge_iou=job.merge_iou,
+        batch_size=job.batch_size,
+        workers=job.workers,
+        decoding=job.decoding,
     )
-    with DatasetStore(out, create=True) as store:
-        run, resumed = store.run_for(labeler.settings(model_name, fingerprint), new_run=new_run)
-        summary = LabelSummary(dataset=str(out), run=run, resumed=resumed, total=0)
+    with DatasetStore(job.out, create=True) as store:
+        run, resumed = store.run_for(labeler.settings(model_name, fingerprint), new_run=job.new_run)
+        summary = LabelSummary(dataset=str(job.out), run=run, resumed=resumed, total=0)
         return labeler.run(
-            sources,
+            job.sources,
             store,
             run,
-            video_fps=video_fps,
-            video_stride=video_stride,
-            retry_failed=retry_failed,
-            limit=limit,
-            progress=progress,
+            video_fps=job.video_fps,
+            video_stride=job.video_stride,
+            retry_failed=job.retry_failed,
+            limit=job.limit,
+            progress=job.progress,
             summary=summary,
         )

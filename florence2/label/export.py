@@ -70,7 +70,7 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from PIL import Image
 
@@ -80,7 +80,7 @@ from florence2.data.formats.validate import is_number, polygon_area, write_json
 from florence2.errors import Florence2Error, ImageLoadError, TaskError
 from florence2.scoring import REGION_KEYS, bounding_box
 from florence2.sources import IMAGE_SUFFIXES
-from florence2.tasks import TASKS, get_task
+from florence2.tasks import TASKS, ResultType, get_task
 
 IMAGE_MODES = ("link", "copy", "none")
 # the default box task of coco and yolo: the first of these present
@@ -90,15 +90,8 @@ CAPTION_TASKS = ("<MORE_DETAILED_CAPTION>", "<DETAILED_CAPTION>", "<CAPTION>")
 # the category of a region without a label
 UNLABELLED = "object"
 
-# result types (florence2.tasks) that answer with regions
-_REGION_RESULTS = (
-    "ocr",
-    "description_with_bboxes",
-    "bboxes",
-    "phrase_grounding",
-    "polygons",
-    "description_with_bboxes_or_polygons",
-)
+# result types (florence2.tasks) that answer with regions: every one but plain text
+_REGION_RESULTS = tuple(kind for kind in get_args(ResultType) if kind != "pure_text")
 # keys of a jsonl line; a record's other result keys of these names stay out of it
 _LINE_KEYS = ("id", "source", "width", "height", "image", "run", "results")
 _NAME_LENGTH = 16

@@ -25,7 +25,6 @@ import os
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,8 +35,8 @@ from florence2.errors import Florence2Error
 from florence2.image import ImageProcessor, PreparedImage
 from florence2.label.engine import (
     Labeler,
+    LabelJob,
     LabelSummary,
-    Plan,
     _Item,
     _read,
     model_fingerprint,
@@ -45,12 +44,11 @@ from florence2.label.engine import (
     record,
     run_settings,
 )
-from florence2.label.filters import Filters
 from florence2.label.sources import SourceItem, count_sources, iter_sources, open_source
 from florence2.label.store import DatasetStore, Outcome
-from florence2.pipeline import DEFAULT_MODEL_DIR, Florence2
+from florence2.pipeline import Florence2
 from florence2.progress import progress_bar
-from florence2.weights import _parse_dtype, read_config, read_generation_settings, resolve_checkpoint
+from florence2.weights import parse_dtype, read_config, read_generation_settings
 
 
 def _import_ray() -> Any:
@@ -102,25 +100,19 @@ def read_batch(batch: Mapping[str, np.ndarray], folder: str) -> dict[str, np.nda
 class LabelWorker:
     """A Ray actor: one model, the local engine's inference and filters on each batch it is given."""
 
-    def __init__(
-        self,
-        folder: str,
-        plan: Plan,
-        filters: Filters,
-        merge_iou: float,
-        decoding: Mapping[str, Any],
-        device: str | None,
-        dtype: str | None,
-        quantize: str | None,
-        batch_size: int,
-        threads: int,
-    ) -> None:
-        torch.set_num_threads(max(1, threads))
+    def __init__(self, job: LabelJob, folder: str) -> None:
+        torch.set_num_threads(max(1, int(job.cpus_per_worker)))
+        device = job.device
         if device is None and torch.cuda.is_available():
             device = "cuda"
-        predictor = Florence2.from_pretrained(folder, device=device, dtype=dtype, quantize=quantize)
+        predictor = Florence2.from_pretrained(folder, device=device, dtype=job.dtype, quantize=job.quantize)
         self.labeler = Labeler(
-            predictor, plan, filters=filters, merge_iou=merge_iou, batch_size=batch_size, decoding=decoding
+            predictor,
+            job.plan,
+            filters=job.filters,
+            merge_iou=job.merge_iou,
+            batch_size=job.batch_size,
+            decoding=job.decoding,
         )
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -190,77 +182,43 @@ def _outcomes(batch: Mapping[str, np.ndarray]) -> tuple[list[Outcome], Counter]:
 # --- the driver ----------------------------------------------------------------------------------------
 
 
-def label_with_ray(
-    sources: str | os.PathLike | Sequence[str | os.PathLike],
-    out: str | os.PathLike,
-    *,
-    model: str | os.PathLike | None = None,
-    preset: str | None = None,
-    tasks: Sequence[str] | None = None,
-    ontology: str | os.PathLike | Mapping[str, str] | None = None,
-    batch_size: int = 8,
-    workers: int = 1,
-    gpus_per_worker: float = 0.0,
-    cpus_per_worker: float = 1.0,
-    ray_address: str | None = None,
-    device: str | None = None,
-    dtype: str | None = None,
-    quantize: str | None = None,
-    video_fps: float | None = None,
-    video_stride: int | None = None,
-    filters: Filters | None = None,
-    merge_iou: float = 0.7,
-    new_run: bool = False,
-    retry_failed: bool = False,
-    limit: int | None = None,
-    progress: bool | None = False,
-    **decoding: Any,
-) -> LabelSummary:
-    """:func:`florence2.label.label` on Ray (see the module docstring); the same options, plus
-    ``workers`` (actors, one model each), ``gpus_per_worker``, ``cpus_per_worker`` and
-    ``ray_address``. ``model`` is a checkpoint folder every worker can read."""
-    if isinstance(model, Florence2):
+def label_with_ray(job: LabelJob) -> LabelSummary:
+    """Run a labeling job on Ray (see the module docstring): ``job.workers`` actors with
+    ``job.gpus_per_worker`` GPUs and ``job.cpus_per_worker`` CPUs each, on the cluster at
+    ``job.ray_address`` (or ``RAY_ADDRESS``, or a local Ray). ``job.model`` is a checkpoint folder
+    every worker can read."""
+    if isinstance(job.model, Florence2):
         raise Florence2Error(
             "the ray engine loads the model in every worker: pass a checkpoint folder, not a predictor"
         )
-    if batch_size < 1 or workers < 1:
-        raise ValueError(f"batch_size and workers must be >= 1, got {batch_size} and {workers}")
     ray = _import_ray()
-    sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
-    plan = Plan.make(preset, tasks, ontology)
-    filters = filters or Filters()
-    folder = Path(DEFAULT_MODEL_DIR if model is None else resolve_checkpoint(model)).resolve()
-    decoding = {k: v for k, v in decoding.items() if v is not None}
-    options = DecodingOptions.for_model(read_config(folder), **{**read_generation_settings(folder), **decoding})
+    folder = job.model_folder
+    decoding = DecodingOptions.for_model(read_config(folder), **{**read_generation_settings(folder), **job.decoding})
     settings = run_settings(
-        plan,
-        filters,
-        merge_iou,
-        model=str(model) if model is not None else "embedded",
+        job.plan,
+        job.filters,
+        job.merge_iou,
+        model=job.model_name,
         fingerprint=model_fingerprint(folder),
-        decoding=options,
-        dtype=str(_parse_dtype(dtype)).removeprefix("torch."),
-        quantized=quantize,
+        decoding=decoding,
+        dtype=str(parse_dtype(job.dtype)).removeprefix("torch."),
+        quantized=job.quantize,
     )
     started = time.perf_counter()
-    with DatasetStore(out, create=True) as store:
-        run, resumed = store.run_for(settings, new_run=new_run)
-        summary = LabelSummary(dataset=str(out), run=run, resumed=resumed, total=0)
-        total = count_sources(sources, video_fps=video_fps, video_stride=video_stride)
-        summary.total = total if limit is None else min(total, limit)
-        todo = _remaining(store, run, sources, video_fps, video_stride, retry_failed, limit, summary)
-        with progress_bar(summary.total, enabled=progress, unit="img", desc="labeling on ray") as bar:
+    with DatasetStore(job.out, create=True) as store:
+        run, resumed = store.run_for(settings, new_run=job.new_run)
+        summary = LabelSummary(dataset=str(job.out), run=run, resumed=resumed, total=0)
+        total = count_sources(job.sources, video_fps=job.video_fps, video_stride=job.video_stride)
+        summary.total = total if job.limit is None else min(total, job.limit)
+        todo = _remaining(store, run, job, summary)
+        with progress_bar(summary.total, enabled=job.progress, unit="img", desc="labeling on ray") as bar:
             bar.update(summary.skipped)
             if todo:
-                _start(ray, ray_address)
-                dataset = _pipeline(
-                    ray, todo, str(folder), plan, filters, merge_iou, decoding, device, dtype, quantize,
-                    batch_size, workers, gpus_per_worker, cpus_per_worker,
-                )  # fmt: skip
+                _start(ray, job.ray_address)
                 drops: Counter = Counter()
-                for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                for batch in _pipeline(ray, todo, job, str(folder)).iter_batches(batch_size=None, batch_format="numpy"):
                     outcomes, batch_drops = _outcomes(batch)
-                    known = store.labeled_images(run, [o.image_id for o in outcomes], retry_failed)
+                    known = store.labeled_images(run, [o.image_id for o in outcomes], job.retry_failed)
                     for outcome in outcomes:
                         if outcome.image_id in known:  # labeled by another batch under another name
                             outcome.alias_only, outcome.results, outcome.error = True, None, None
@@ -294,30 +252,21 @@ def _start(ray: Any, address: str | None) -> None:
     context.print_on_execution_start = False
 
 
-def _remaining(
-    store: DatasetStore,
-    run: int,
-    sources: Sequence[str | os.PathLike],
-    video_fps: float | None,
-    video_stride: int | None,
-    retry_failed: bool,
-    limit: int | None,
-    summary: LabelSummary,
-) -> list[dict[str, str]]:
+def _remaining(store: DatasetStore, run: int, job: LabelJob, summary: LabelSummary) -> list[dict[str, str]]:
     """The sources this run has not labeled yet, as rows of the Ray Dataset."""
     rows, seen = [], 0
     chunk: list[SourceItem] = []
 
     def flush() -> None:
-        done = store.finished(run, [(item.key, item.stamp) for item in chunk], retry_failed)
+        done = store.finished(run, [(item.key, item.stamp) for item in chunk], job.retry_failed)
         summary.skipped += len(done)
         rows.extend(
             {"key": i.key, "source": json.dumps(i.source), "stamp": i.stamp or ""} for i in chunk if i.key not in done
         )
         chunk.clear()
 
-    for item in iter_sources(sources, video_fps=video_fps, video_stride=video_stride):
-        if limit is not None and seen >= limit:
+    for item in iter_sources(job.sources, video_fps=job.video_fps, video_stride=job.video_stride):
+        if job.limit is not None and seen >= job.limit:
             break
         seen += 1
         chunk.append(item)
@@ -327,50 +276,24 @@ def _remaining(
     return rows
 
 
-def _pipeline(
-    ray: Any,
-    rows: list[dict[str, str]],
-    folder: str,
-    plan: Plan,
-    filters: Filters,
-    merge_iou: float,
-    decoding: Mapping[str, Any],
-    device: str | None,
-    dtype: str | None,
-    quantize: str | None,
-    batch_size: int,
-    workers: int,
-    gpus_per_worker: float,
-    cpus_per_worker: float,
-) -> Any:
+def _pipeline(ray: Any, rows: list[dict[str, str]], job: LabelJob, folder: str) -> Any:
     dataset = ray.data.from_items(rows)
     # reading asks for no CPU of its own: actors may hold every CPU of a small cluster, and reads
     # must still run (a few at a time per worker, so they stay just ahead of the models)
     dataset = dataset.map_batches(
         read_batch,
         fn_kwargs={"folder": folder},
-        batch_size=batch_size,
+        batch_size=job.batch_size,
         batch_format="numpy",
         num_cpus=0,
-        compute=ray.data.TaskPoolStrategy(size=2 * workers),
+        compute=ray.data.TaskPoolStrategy(size=2 * job.workers),
     )
     return dataset.map_batches(
         LabelWorker,
-        fn_constructor_kwargs={
-            "folder": folder,
-            "plan": plan,
-            "filters": filters,
-            "merge_iou": merge_iou,
-            "decoding": dict(decoding),
-            "device": device,
-            "dtype": dtype,
-            "quantize": quantize,
-            "batch_size": batch_size,
-            "threads": max(1, int(cpus_per_worker)),
-        },
-        batch_size=batch_size,
+        fn_constructor_kwargs={"job": job, "folder": folder},
+        batch_size=job.batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        num_cpus=cpus_per_worker,
-        num_gpus=gpus_per_worker,
+        compute=ray.data.ActorPoolStrategy(size=job.workers),
+        num_cpus=job.cpus_per_worker,
+        num_gpus=job.gpus_per_worker,
     )
