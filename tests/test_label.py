@@ -443,3 +443,59 @@ def test_tar_shards_and_video_frames_are_labeled_and_exported(scenes, tmp_path, 
     exported = export_dataset(tmp_path / "ds", tmp_path / "yolo", "yolo")
     assert exported["image_files"] == 5
     assert sorted(p.suffix for p in (tmp_path / "yolo" / "images" / "train").iterdir()) == [".png"] * 5
+
+
+# --- test-time augmentation ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["flip", "zoom0.8", "flip+zoom0.7"])
+def test_a_view_maps_its_boxes_back_to_the_original_image(text):
+    import torch
+
+    from florence2.image import PreparedImage
+    from florence2.label.tta import View
+
+    width, height = 256, 192  # the original image; the model input is 128 x 128
+    pixels = torch.full((3, 128, 128), -1.0)
+    x0, y0, x1, y1 = 64, 48, 128, 96
+    pixels[:, y0 * 128 // height : y1 * 128 // height, x0 * 128 // width : x1 * 128 // width] = 1.0
+    view = View.parse(text)
+    shown = view.apply(PreparedImage(pixels, (width, height))).pixel_values
+    ys, xs = (shown[0] > 0.5).nonzero(as_tuple=True)
+    found = [
+        xs.min() * width / 128,
+        ys.min() * height / 128,
+        (xs.max() + 1) * width / 128,
+        (ys.max() + 1) * height / 128,
+    ]
+    assert view.unmap([float(v) for v in found], (width, height)) == pytest.approx([x0, y0, x1, y1], abs=2.5)
+
+
+def test_fusion_averages_agreeing_boxes_and_halves_what_one_view_saw():
+    from florence2.label.tta import View, fuse_boxes, split_threshold
+
+    first = [([0, 0, 10, 10], "car", 0.8), ([50, 50, 60, 60], "car", 0.4)]
+    second = [([1, 1, 11, 11], "car", 0.8), ([0, 0, 10, 10], "bus", 0.6)]
+    fused = fuse_boxes([first, second], iou=0.5)
+    assert [(label, round(score, 3), support) for _, label, score, support in fused] == [
+        ("car", 0.8, 2),
+        ("bus", 0.3, 1),
+        ("car", 0.2, 1),
+    ]
+    assert fused[0][0] == [0.5, 0.5, 10.5, 10.5]
+    assert 0.25 < split_threshold([0.8, 0.7, 0.75, 0.3, 0.35, 0.32]) < 0.7
+    assert split_threshold([0.5]) is None
+    with pytest.raises(ValueError, match="unknown view"):
+        View.parse("rotate")
+
+
+def test_flip_views_are_fused_into_the_stored_boxes(scenes, tmp_path, predictor):
+    plain = label([scenes], tmp_path / "plain", model=predictor, preset="detect", limit=8)
+    fused = label([scenes], tmp_path / "fused", model=predictor, preset="detect", tta=["flip"], limit=8)
+    assert plain.labeled == fused.labeled == 8
+    with DatasetStore(tmp_path / "plain") as a, DatasetStore(tmp_path / "fused") as b:
+        assert b.runs()[0]["settings"]["tta"] == ["flip"]
+        one, both = by_name(a), by_name(b)
+        more = sum(len(both[n]["results"]["<OD>"]["bboxes"]) >= len(one[n]["results"]["<OD>"]["bboxes"]) for n in one)
+        assert more == 8  # a union of the views: never fewer boxes
+        assert any(both[n]["results"]["<OD>"] != one[n]["results"]["<OD>"] for n in one)

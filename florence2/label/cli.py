@@ -67,6 +67,13 @@ def add_label_parser(sub: Any) -> None:
     )
     p.add_argument("--task", action="append", help="a task without input, e.g. OD (repeatable; added to the preset)")
     p.add_argument("--ontology", help='"phrase=class,phrase=class" or a file of such lines: open-vocabulary detection')
+    p.add_argument(
+        "--tta",
+        action="append",
+        default=[],
+        help="an extra view of every image, its boxes fused with its own: flip, zoom0.8, flip+zoom0.8 (repeatable)",
+    )
+    p.add_argument("--fuse-iou", type=float, default=0.55, help="IoU at which boxes of different views fuse")
     p.add_argument("--model", help="checkpoint folder (either public layout) or hub id; default: embedded model")
     p.add_argument("--batch-size", type=int, default=8, help="images per model batch")
     p.add_argument(
@@ -111,6 +118,8 @@ def cmd_label(args: argparse.Namespace) -> int:
         preset=args.preset,
         tasks=args.task,
         ontology=args.ontology,
+        tta=[view for value in args.tta for view in value.split(",") if view],
+        fuse_iou=args.fuse_iou,
         batch_size=args.batch_size,
         workers=args.workers or (1 if args.engine == "ray" else 2),
         engine=args.engine,

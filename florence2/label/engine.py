@@ -38,6 +38,7 @@ from florence2.image import PreparedImage
 from florence2.label.filters import GROUNDING, Filters, region_text_pairs
 from florence2.label.sources import SourceItem, count_sources, iter_sources
 from florence2.label.store import DatasetStore, Outcome, content_id
+from florence2.label.tta import FUSED_TASKS, View, fuse_boxes
 from florence2.pipeline import DEFAULT_MODEL_DIR, EncodedImage, Florence2
 from florence2.progress import progress_bar
 from florence2.tasks import get_task
@@ -112,11 +113,14 @@ def parse_ontology(value: str | os.PathLike | Mapping[str, str]) -> dict[str, st
 @dataclass(frozen=True)
 class Plan:
     """What is labeled: the tasks run on every image, the caption task grounded afterwards, the
-    ontology's phrases (each an open-vocabulary query) and their classes."""
+    ontology's phrases (each an open-vocabulary query) and their classes, and the extra views of
+    each image whose boxes are fused with its own (:mod:`florence2.label.tta`)."""
 
     tasks: tuple[str, ...]
     ground: str | None = None
     ontology: dict[str, str] = field(default_factory=dict)
+    views: tuple[View, ...] = ()
+    fuse_iou: float = 0.55
 
     @classmethod
     def make(
@@ -124,6 +128,8 @@ class Plan:
         preset: str | None = None,
         tasks: Sequence[str] | None = None,
         ontology: str | os.PathLike | Mapping[str, str] | None = None,
+        tta: Sequence[str] = (),
+        fuse_iou: float = 0.55,
     ) -> Plan:
         if preset is not None and preset not in PRESETS:
             raise TaskError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -140,10 +146,14 @@ class Plan:
                     f"{spec.token} needs a {spec.input} input for every image; label with tasks that take "
                     "none (the ontology gives open-vocabulary detection its phrases)"
                 )
-        return cls(tuple(dict.fromkeys(names)), chosen.ground, phrases)
+        views = tuple(dict.fromkeys(View.parse(v) for v in tta if View.parse(v) != View()))
+        return cls(tuple(dict.fromkeys(names)), chosen.ground, phrases, views, fuse_iou)
 
     def settings(self) -> dict[str, Any]:
-        return {"tasks": list(self.tasks), "ground": self.ground, "ontology": self.ontology}
+        out = {"tasks": list(self.tasks), "ground": self.ground, "ontology": self.ontology}
+        if self.views:
+            out.update(tta=[view.name for view in self.views], fuse_iou=self.fuse_iou)
+        return out
 
 
 @dataclass
@@ -333,12 +343,49 @@ class Labeler:
                     if isinstance(answer, dict) and isinstance(results[i], dict):
                         results[i][GROUNDING] = {**answer[GROUNDING], "caption": caption}
                         results[i]["sequence_scores"].update(answer["sequence_scores"])
-        for phrase, name in plan.ontology.items():
-            answers = p.predict(batch, OPEN_VOCABULARY, text=phrase, **options)
-            for i, answer in zip(good, answers):
+        self._detect_ontology(batch, good, results, options)
+        if batch and plan.views:
+            self._fuse_views([images[i] for i in good], good, results, options)
+        return results
+
+    def _detect_ontology(
+        self, batch: Sequence[EncodedImage], rows: Sequence[int], results: list, options: dict
+    ) -> None:
+        """Every ontology phrase's open-vocabulary boxes into ``results[row]``, under its class."""
+        for phrase, name in self.plan.ontology.items():
+            answers = self.predictor.predict(batch, OPEN_VOCABULARY, text=phrase, **options)
+            for i, answer in zip(rows, answers):
                 if isinstance(answer, dict) and isinstance(results[i], dict):
                     _add_class(results[i], answer[OPEN_VOCABULARY], name)
-        return results
+
+    def _fuse_views(self, images: Sequence[PreparedImage], rows: Sequence[int], results: list, options: dict) -> None:
+        """The plan's box tasks on every extra view, fused with the image's own boxes."""
+        p, plan = self.predictor, self.plan
+        tasks = [t for t in plan.tasks if t in FUSED_TASKS]
+        if not tasks and not plan.ontology:
+            return
+        seen = {i: [_boxes(results[i])] for i in rows if isinstance(results[i], dict)}
+        for view in plan.views:
+            encoded = p.encode_images([view.apply(image) for image in images], on_error="return")
+            answers = [{} for _ in rows]
+            if tasks:
+                answers = p.predict(encoded, tasks, **options)
+            answers = [a if isinstance(a, dict) else {} for a in answers]
+            if plan.ontology:
+                self._detect_ontology(encoded, range(len(rows)), answers, options)
+            for i, image, answer in zip(rows, images, answers):
+                if i in seen:
+                    seen[i].append(_boxes(answer, view, image.size))
+        for i, found in seen.items():
+            for task in {task for boxes in found for task in boxes}:
+                fused = fuse_boxes([boxes.get(task, []) for boxes in found], plan.fuse_iou)
+                box_key, label_key, score_key = FUSED_TASKS[task]
+                results[i][task] = {
+                    **results[i].get(task, {}),
+                    box_key: [box for box, _, _, _ in fused],
+                    label_key: [label for _, label, _, _ in fused],
+                    score_key: [score for _, _, score, _ in fused],
+                }
 
     # --- the run ---------------------------------------------------------------------------------------
 
@@ -478,6 +525,17 @@ def record(store: DatasetStore, run: int, outcomes: Sequence[Outcome], drops: Co
             summary.labeled += 1
 
 
+def _boxes(result: Mapping[str, Any], view: View | None = None, size: tuple[int, int] | None = None) -> dict:
+    """``{task: [(box, label, score)]}`` of the fused tasks in one result, mapped back from ``view``."""
+    out = {}
+    for task, (box_key, label_key, score_key) in FUSED_TASKS.items():
+        answer = result.get(task)
+        if isinstance(answer, dict) and box_key in answer:
+            boxes = answer[box_key] if view is None else [view.unmap(b, size) for b in answer[box_key]]
+            out[task] = list(zip(boxes, answer[label_key], answer.get(score_key) or [None] * len(boxes)))
+    return out
+
+
 def _add_class(result: dict[str, Any], answer: Mapping[str, Any], name: str) -> None:
     """Add one ontology phrase's open-vocabulary boxes to the image's result, labelled with the class."""
     merged = result.setdefault(
@@ -546,6 +604,8 @@ def label(
     preset: str | None = None,
     tasks: Sequence[str] | None = None,
     ontology: str | os.PathLike | Mapping[str, str] | None = None,
+    tta: Sequence[str] = (),
+    fuse_iou: float = 0.55,
     batch_size: int = 8,
     workers: int = 2,
     device: str | None = None,
@@ -572,6 +632,9 @@ def label(
     model: a checkpoint folder, a loaded :class:`~florence2.Florence2`, or None (the embedded model).
     preset / tasks / ontology: what is labeled (:data:`PRESETS`; task tokens; ``{phrase: class}``
         detected by open-vocabulary detection with real scores); nothing given: the ``fld`` preset.
+    tta: extra views of every image (``"flip"``, ``"zoom0.8"``, ``"flip+zoom0.8"``) whose boxes of
+        ``<OD>``, ``<REGION_PROPOSAL>`` and the ontology are fused with the image's own
+        (:mod:`florence2.label.tta`).
     filters: :class:`~florence2.label.filters.Filters` applied before anything is stored.
     new_run: label a dataset made with other settings (model, tasks, decoding, filters) as a new run.
     retry_failed: label again the images a previous call of this run could not read.
@@ -588,7 +651,7 @@ def label(
         sources=[sources] if isinstance(sources, (str, os.PathLike)) else list(sources),
         out=Path(out),
         model=model,
-        plan=Plan.make(preset, tasks, ontology),
+        plan=Plan.make(preset, tasks, ontology, tta, fuse_iou),
         filters=filters or Filters(),
         merge_iou=merge_iou,
         batch_size=batch_size,
