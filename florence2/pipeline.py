@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -18,20 +18,24 @@ from typing import Any
 import torch
 
 from florence2.errors import CheckpointError, Florence2Error, TaskError
-from florence2.generation import DecodingOptions, search
+from florence2.generation import DecodingOptions, GenerationOutput, search
 from florence2.image import MAX_IMAGE_PIXELS, ImageSource, PreparedImage
 from florence2.model.florence2 import Florence2Model
+from florence2.parsing import clean_text
 from florence2.processor import Florence2Processor
 from florence2.progress import progress_bar
 from florence2.quantization import QUANTIZATION_MODES, quantize_int8
 from florence2.scoring import TokenScores, filter_result, sequence_score
 from florence2.tasks import task_inputs
+from florence2.tokenizer import Florence2Tokenizer
 from florence2.weights import load_model, read_generation_settings, resolve_checkpoint, save_model
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "model"
 # keyword options of ``Florence2.predict`` other than the decoding options
 BACKENDS = ("torch", "onnxruntime")
-PREDICT_OPTIONS = frozenset({"batch_size", "progress", "score_threshold", "nms_iou", "on_error"})
+PREDICT_OPTIONS = frozenset({"batch_size", "progress", "score_threshold", "nms_iou", "on_error", "stream", "details"})
+# stream(task, piece) -> False to stop: see Florence2.predict
+StreamCallback = Callable[[str | None, str], bool | None]
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,8 @@ class Florence2:
         score_threshold: float | None = None,
         nms_iou: float | None = None,
         on_error: str = "raise",
+        stream: StreamCallback | Sequence[StreamCallback | None] | None = None,
+        details: bool = False,
         **decoding: Any,
     ) -> dict[str, Any] | list[dict[str, Any]]:
         """Run tasks on one image (returns a result dict) or a list of images (a list of them).
@@ -202,6 +208,20 @@ class Florence2:
             (a bad region or text, a prompt too long for the model), raises its error.
             ``"return"``: that image's result is the error (a :class:`~florence2.errors.Florence2Error`)
             and every other image is still answered, from the same batches.
+        stream: ``stream(task, piece)``, called after every decoding step with the text that step
+            added to the image's answer for ``task`` (often ``""``: a step may add a special token,
+            or part of a character); the pieces of one task join to its ``details`` text. Greedy
+            decoding streams token by token; beam search knows its answer only at the end, so its
+            text comes in one piece then (the steps before still call with ``""``). Returning
+            ``False`` stops that image's generation: its rows end where they are and the batch ends
+            when no row is left (its result is then cut short). With a list of images, a list
+            gives each image its own callback (or None); one callback serves every image.
+        details: add ``"generation": {task: {"text", "prompt_tokens", "completion_tokens",
+            "finish_reason"}}`` to each result: the answer as decoded, without the sequence tokens
+            ``<s>``, ``</s>`` and ``<pad>`` (location and polygon tokens kept), the image and prompt
+            tokens the encoder read, the generated tokens (``<s>`` and ``</s>`` included), and why
+            it ended (``"stop"``: the model ended it; ``"length"``: ``max_new_tokens``;
+            ``"cancelled"``: the stream callback stopped it).
         decoding: :class:`~florence2.generation.DecodingOptions` fields (``num_beams``, ...).
 
         Results follow the official format, coordinates in float pixels of the original image, plus
@@ -221,6 +241,7 @@ class Florence2:
         images = [image] if single else list(image)
         texts = _per_image(text, len(images), single, "text", isinstance(text, (list, tuple)))
         regions = _per_image(region, len(images), single, "region", _several_regions(region))
+        streams = _per_image(stream, len(images), single, "stream", isinstance(stream, (list, tuple)))
         several = len(tasks) > 1
         requests = [[(t, *task_inputs(t, txt, reg, several)) for t in tasks] for txt, reg in zip(texts, regions)]
         options = self.decoding_options(**decoding)
@@ -229,7 +250,18 @@ class Florence2:
             for chunk in _chunks(range(len(images)), max(1, batch_size)):
                 batch = [images[i] for i in chunk]
                 requests_of = [requests[i] for i in chunk]
-                results.extend(self._predict_batch(batch, requests_of, options, score_threshold, nms_iou, on_error))
+                results.extend(
+                    self._predict_batch(
+                        batch,
+                        requests_of,
+                        options,
+                        score_threshold,
+                        nms_iou,
+                        on_error,
+                        streams=[streams[i] for i in chunk],
+                        details=details,
+                    )
+                )
                 bar.update(len(chunk))
         return results[0] if single else results
 
@@ -241,6 +273,8 @@ class Florence2:
         score_threshold: float | None = None,
         nms_iou: float | None = None,
         on_error: str = "raise",
+        streams: Sequence[StreamCallback | None] | None = None,
+        details: bool = False,
     ) -> list[dict[str, Any] | Florence2Error]:
         # each image on its own first: a bad image or input fails that image alone (on_error="return")
         outcomes: list[dict[str, Any] | Florence2Error] = []
@@ -258,7 +292,15 @@ class Florence2:
             outcomes.append({})
             ready.append((i, image, prompts))
         if ready:
-            answers = self._run_model(ready, [requests[i] for i, _, _ in ready], options, score_threshold, nms_iou)
+            answers = self._run_model(
+                ready,
+                [requests[i] for i, _, _ in ready],
+                options,
+                score_threshold,
+                nms_iou,
+                streams=None if streams is None else [streams[i] for i, _, _ in ready],
+                details=details,
+            )
             for (i, _, _), result in zip(ready, answers):
                 outcomes[i] = result
         return outcomes
@@ -270,6 +312,8 @@ class Florence2:
         options: DecodingOptions,
         score_threshold: float | None,
         nms_iou: float | None,
+        streams: Sequence[StreamCallback | None] | None = None,
+        details: bool = False,
     ) -> list[dict[str, Any]]:
         sizes = [image.size for _, image, _ in ready]
         results: list[dict[str, Any]] = [{} for _ in sizes]
@@ -282,18 +326,29 @@ class Florence2:
         input_ids, mask = self.processor.tokenize(prompts, self.num_image_tokens)
         device = self.model.device
         features = self._image_features([image for _, image, _ in ready])  # once for every task
+        # no hook unless an image streams: decoding without one does no per-step Python work
+        hook = _StreamHook(self.processor.tokenizer, rows, streams) if streams and any(streams) else None
         with torch.inference_mode():
             if len(rows) > len(sizes):
                 features = features[torch.tensor([i for i, _ in rows], device=device)]
             memory, memory_mask = self.model.encode(features, input_ids.to(device), mask.to(device))
-            out = search(self.model, memory, memory_mask, options)
+            out = search(self.model, memory, memory_mask, options, on_step=hook)
         sequences, logprobs = out.sequences.cpu(), out.token_logprobs.cpu()
         texts = self.processor.batch_decode(sequences)
+        if hook is not None:
+            hook.finish([clean_text(text) for text in texts])
+        if details:
+            generation = _generation_details(
+                out, texts, mask.sum(1) + self.num_image_tokens, options, set() if hook is None else hook.stopped_rows
+            )
+            per_image: list[dict[str, Any]] = [{} for _ in sizes]
         for row, ((i, task), answer) in enumerate(zip(rows, texts)):
             scores = TokenScores.from_generation(self.processor.tokenizer, sequences[row], logprobs[row])
             parsed = self.processor.post_process_generation(answer, task, sizes[i], scores=scores)
             key = next(iter(parsed))
             results[i][key] = filter_result(parsed[key], score_threshold, nms_iou)
+            if details:
+                per_image[i][key] = generation[row]
             sequence_scores[i][key] = sequence_score(
                 sequences[row],
                 logprobs[row],
@@ -303,7 +358,123 @@ class Florence2:
             )
         for result, seq in zip(results, sequence_scores):
             result["sequence_scores"] = seq
+        if details:
+            for result, generated in zip(results, per_image):
+                result["generation"] = generated
         return results
+
+
+class _RowText:
+    """One row's answer text as its ids arrive: each call gives what the new id added, so that the
+    pieces join to the final text.
+
+    The growing id list is decoded whole each time (multi-token characters and merges come out
+    right) and the new suffix is given, less a tail a later id may still change: an incomplete
+    UTF-8 character (decoded as U+FFFD) and, for a tokenizer that cleans up spaces (``" ."`` ->
+    ``"."``), everything from the last space on (every clean-up pattern starts with a space).
+    """
+
+    def __init__(self, tokenizer: Florence2Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.sent = ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = clean_text(self.tokenizer.decode(self.ids))
+        stable = text.rstrip("\ufffd")
+        if getattr(self.tokenizer, "clean_up_tokenization_spaces", False):
+            cut = max(stable.rfind(" "), 0)
+            stable = stable[:cut]
+        return self._advance(stable)
+
+    def finish(self, text: str) -> str:
+        """The rest of the final ``text`` (its last piece)."""
+        return self._advance(text)
+
+    def _advance(self, text: str) -> str:
+        if len(text) <= len(self.sent) or not text.startswith(self.sent):
+            return ""
+        piece, self.sent = text[len(self.sent) :], text
+        return piece
+
+
+class _StreamHook:
+    """The decoding hook of ``predict(stream=...)``: each streaming row's new text goes to its
+    image's callback after every step; a callback that returns False stops its image's rows."""
+
+    def __init__(
+        self,
+        tokenizer: Florence2Tokenizer,
+        rows: Sequence[tuple[int, str | None]],
+        callbacks: Sequence[StreamCallback | None],
+    ) -> None:
+        self.rows = list(rows)  # (image, task) of each batch row
+        self.callbacks = [callbacks[i] for i, _ in rows]
+        self.texts = [_RowText(tokenizer) for _ in rows]
+        self.running = [callback is not None for callback in self.callbacks]
+        self.stopped_images: set[int] = set()
+        self.stopped_rows: set[int] = set()
+
+    def __call__(self, tokens: torch.Tensor | None, finished: torch.Tensor) -> list[bool] | None:
+        ids = None if tokens is None else tokens.tolist()
+        done = finished.tolist()
+        for row, (image, task) in enumerate(self.rows):
+            if not self.running[row]:
+                continue
+            piece = "" if ids is None else self.texts[row].push(ids[row])
+            if self.callbacks[row](task, piece) is False:
+                self.stopped_images.add(image)
+            if done[row]:
+                self.running[row] = False
+        if not self.stopped_images:
+            return None
+        stop = [image in self.stopped_images for image, _ in self.rows]
+        for row, stopping in enumerate(stop):
+            if stopping and self.running[row]:
+                self.running[row] = False
+                self.stopped_rows.add(row)
+        return stop
+
+    def finish(self, texts: Sequence[str]) -> None:
+        """Give each streaming row the rest of its final text (all of it after beam search)."""
+        for row, ((image, task), text) in enumerate(zip(self.rows, texts)):
+            callback = self.callbacks[row]
+            if callback is None or image in self.stopped_images:
+                continue
+            piece = self.texts[row].finish(text)
+            if piece:
+                callback(task, piece)
+
+
+def _generation_details(
+    out: GenerationOutput,
+    texts: Sequence[str],
+    prompt_tokens: torch.Tensor,
+    options: DecodingOptions,
+    cancelled: set[int],
+) -> list[dict[str, Any]]:
+    """Per row: the answer text, the tokens read and generated, and why generation ended."""
+    details = []
+    for row, (ids, text) in enumerate(zip(out.sequences.tolist(), texts)):
+        generated = ids[1:]  # after the decoder start token
+        if options.eos_token_id in generated:
+            count = generated.index(options.eos_token_id) + 1
+            reason = "length" if count == options.total_length - 1 else "stop"
+        else:
+            count = sum(1 for token in generated if token != options.pad_token_id)
+            reason = "length"
+        if row in cancelled:
+            reason = "cancelled"
+        details.append(
+            {
+                "text": clean_text(text),
+                "prompt_tokens": int(prompt_tokens[row]),
+                "completion_tokens": count,
+                "finish_reason": reason,
+            }
+        )
+    return details
 
 
 def _several_regions(region: Any) -> bool:
