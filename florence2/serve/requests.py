@@ -15,6 +15,7 @@ import math
 import re
 import warnings
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -36,6 +37,20 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail, self.headers = status, code, detail, headers
+
+
+@dataclass
+class Prediction:
+    """A request read and checked, before its image is decoded: what it asks the model.
+
+    ``data`` is the image file's bytes; it is let go (set to None) once the image is decoded, so a
+    queued request holds only model input."""
+
+    data: bytes | None
+    tokens: tuple[str | None, ...]  # task tokens; (None,) for a free prompt in ``text``
+    text: str | None
+    region: tuple[float, ...] | None
+    options: dict[str, Any]  # decoding and scoring options, checked against the limits
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,12 +87,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def content_type_of(request: Request, accepted: Sequence[str]) -> str:
+    """The request's media type, one of ``accepted``; 415 for any other (or none)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in accepted:
+        shown = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+        raise ApiError(415, "unsupported_media_type", f"{shown}: send {' or '.join(accepted)}")
+    return content_type
+
+
 async def read_prediction(request: Request, settings: ServeSettings) -> tuple[bytes, dict[str, Any]]:
     """The image bytes and the other fields of a multipart or JSON prediction request."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in ("multipart/form-data", "application/json"):
-        shown = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
-        raise ApiError(415, "unsupported_media_type", f"{shown}: send multipart/form-data or application/json")
+    content_type = content_type_of(request, ("multipart/form-data", "application/json"))
     body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     if content_type == "multipart/form-data":
         return await parse_multipart(request, body)
@@ -103,7 +124,8 @@ def decode_base64(text: str) -> bytes:
     return data
 
 
-def parse_json_body(body: bytes) -> tuple[bytes, dict[str, Any]]:
+def load_json_object(body: bytes) -> dict[str, Any]:
+    """A JSON body that must be an object: 400 when it is not JSON at all, 422 when not an object."""
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -112,10 +134,15 @@ def parse_json_body(body: bytes) -> tuple[bytes, dict[str, Any]]:
         raise ApiError(400, "bad_json", "the JSON body is nested too deeply") from None
     if not isinstance(payload, dict):
         raise ApiError(422, "bad_request", "the JSON body must be an object")
+    return payload
+
+
+def parse_json_body(body: bytes) -> tuple[bytes, dict[str, Any]]:
+    payload = load_json_object(body)
     try:
         request = PredictJSONRequest.model_validate(payload)
     except ValidationError as error:
-        raise ApiError(422, "bad_request", _validation_message(error)) from None
+        raise ApiError(422, "bad_request", validation_message(error)) from None
     return decode_base64(request.image), request.model_dump(exclude={"image"}, exclude_unset=True)
 
 
@@ -159,11 +186,11 @@ async def parse_multipart(request: Request, body: bytes) -> tuple[bytes, dict[st
     try:
         parsed = PredictFields.model_validate(values)
     except ValidationError as error:
-        raise ApiError(422, "bad_request", _validation_message(error)) from None
+        raise ApiError(422, "bad_request", validation_message(error)) from None
     return image, parsed.model_dump(exclude_unset=True)
 
 
-def _validation_message(error: ValidationError) -> str:
+def validation_message(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "body"

@@ -41,6 +41,12 @@ class PredictFields(BaseModel):
     nms_iou: float | None = Field(
         default=None, ge=0, le=1, description="Per-label non-maximum suppression IoU (when the model supports it)."
     )
+    stream: bool = Field(
+        default=False,
+        description="Answer with server-sent events: 'piece' events ({task, text}) while the answer is "
+        "generated (token by token with greedy decoding, at the end with beam search), then one 'result' "
+        "event holding the usual response (or one 'error' event).",
+    )
 
 
 class PredictJSONRequest(PredictFields):
