@@ -214,6 +214,27 @@ def test_every_result_layout_is_drawn(page, server, task, text):
     _only_local(page, server.url)
 
 
+def test_a_caption_appears_piece_by_piece_while_it_is_generated(page, server):
+    _open_example(page, server.url, "000002.png")
+    page.select_option("#task", "<DETAILED_CAPTION>")
+    # every text the answer shows on its way, recorded as the page changes it
+    page.evaluate(
+        """() => {
+            window.seen = [];
+            new MutationObserver(() => window.seen.push(document.getElementById('answer').textContent))
+                .observe(document.getElementById('answer'), {childList: true, characterData: true, subtree: true});
+        }"""
+    )
+    data = _run(page)
+    answer = data["results"]["<DETAILED_CAPTION>"]
+    assert page.text_content("#answer") == answer and page.is_visible("#answer")
+    seen = [text for text in page.evaluate("window.seen") if text]
+    assert len(seen) > 10  # shown piece by piece, not at the end
+    assert all(answer.startswith(text) for text in seen) and seen[-1] == answer
+    assert data["tasks"] == ["<DETAILED_CAPTION>"] and "inference" in page.text_content("#timing")
+    _only_local(page, server.url)
+
+
 def test_text_task_needs_its_text_and_errors_are_shown(page, server):
     _open_example(page, server.url)
     page.select_option("#task", "<OPEN_VOCABULARY_DETECTION>")

@@ -28,17 +28,51 @@
     return key ? { Authorization: `Bearer ${key}` } : {};
   }
 
-  async function api(path, options = {}) {
+  function apiError(status, body, statusText = "") {
+    const detail = body && body.detail ? body.detail : statusText;
+    const error = new Error(`${status} ${body && body.error ? body.error : ""}: ${detail}`);
+    error.status = status;
+    return error;
+  }
+
+  async function api(path, options = {}, onPiece = null) {
     const response = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
     const type = response.headers.get("content-type") || "";
+    if (response.ok && onPiece && type.includes("text/event-stream")) return readEvents(response, onPiece);
     const body = type.includes("json") ? await response.json() : await response.text();
-    if (!response.ok) {
-      const detail = body && body.detail ? body.detail : response.statusText;
-      const error = new Error(`${response.status} ${body && body.error ? body.error : ""}: ${detail}`);
-      error.status = response.status;
-      throw error;
-    }
+    if (!response.ok) throw apiError(response.status, body, response.statusText);
     return body;
+  }
+
+  // Server-sent events of a streamed prediction: 'piece' events ({task, text}) go to onPiece as they
+  // arrive; the 'result' event is the usual response; an 'error' event is thrown.
+  async function readEvents(response, onPiece) {
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    let result = null;
+    for (;;) {
+      const { value, done } = await reader.read();
+      buffer += decoder.decode(value || new Uint8Array(), { stream: !done });
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let event = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) event = line.slice(6).trim();
+          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+        }
+        const payload = JSON.parse(data.join("\n"));
+        if (event === "piece") onPiece(payload);
+        else if (event === "result") result = payload;
+        else if (event === "error") throw apiError(500, payload);
+      }
+      if (done) break;
+    }
+    if (!result) throw new Error("the answer ended before its result");
+    return result;
   }
 
   function setStatus(text, isError = false) {
@@ -396,11 +430,20 @@
       const field = input.closest("[data-option]");
       if (input.value !== "" && !(field && field.hidden)) form.append(name, input.value);
     }
+    // text answers (captions, OCR) appear piece by piece while they are generated
+    const streaming = task.result_type === "pure_text";
+    if (streaming) form.append("stream", "true");
     $("run").disabled = true;
     document.body.dataset.state = "running";
     setStatus(`Running ${task.token}…`);
+    $("answer").textContent = "";
+    $("answer").hidden = true;
+    const onPiece = (piece) => {
+      $("answer").textContent += piece.text;
+      $("answer").hidden = false;
+    };
     try {
-      const data = await api("/v1/predict", { method: "POST", body: form });
+      const data = await api("/v1/predict", { method: "POST", body: form }, streaming ? onPiece : null);
       showResult(data, task.token);
       setStatus("");
     } catch (error) {
