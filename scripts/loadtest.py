@@ -25,6 +25,14 @@ started server, its resident memory is sampled during the run (idle before, peak
 
     .venv/bin/python scripts/loadtest.py --clients 16 --duration 20 --poison-clients 1 --poison-compare
     .venv/bin/python scripts/loadtest.py --clients 16 --max-queue 4 --image big.png --duration 20
+
+``--mix`` runs three modes on fresh servers: every client posting to ``/v1/predict``, every client
+asking ``POST /v1/chat/completions`` (the OpenAI-compatible route; the same image as a data URL and
+the task token as the text, answers checked through their ``florence2`` field), and half the
+clients of each kind: both routes feed one queue, so the mixed run should keep the throughput of
+either alone.
+
+    .venv/bin/python scripts/loadtest.py --clients 8 --duration 20 --mix --rounds 3
 """
 
 from __future__ import annotations
@@ -96,6 +104,29 @@ class Connection:
         raise AssertionError("unreachable")
 
 
+PREDICT_PATH = "/v1/predict"
+CHAT_PATH = "/v1/chat/completions"
+
+
+def chat_body(image: bytes, task: str) -> tuple[bytes, str]:
+    """A chat-completion request for one task on one image (the image as a data URL)."""
+    import base64
+
+    url = "data:image/png;base64," + base64.b64encode(image).decode()
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": task}]
+    body = {"model": "florence2", "messages": [{"role": "user", "content": content}]}
+    return json.dumps(body).encode(), "application/json"
+
+
+def answer_of(path: str, data: dict[str, Any]) -> tuple[Any, int]:
+    """The results and the batch size of an answer from either route."""
+    if path == CHAT_PATH:
+        if not isinstance(data["choices"][0]["message"]["content"], str):
+            return None, 0  # counted as a wrong answer
+        data = data["florence2"]  # the /v1/predict answer for the same request
+    return data["results"], data["timings"]["batch_size"]
+
+
 def get(url: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
     status, _, body = Connection(url, headers).request("GET", path)
     return status, body
@@ -143,6 +174,7 @@ class Tally:
     latencies: list[float] = field(default_factory=list)  # seconds, correct answers only
     batch_sizes: list[int] = field(default_factory=list)
     sent: int = 0
+    by_route: Counter = field(default_factory=Counter)  # correct answers per route
     problems: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -150,7 +182,7 @@ class Tally:
 POISON_TASK = "<OPEN_VOCABULARY_DETECTION>"
 
 
-def poison_bodies(images: dict[str, bytes]) -> list[tuple[str, str, bytes, str]]:
+def poison_bodies(images: dict[str, bytes]) -> list[tuple[str, str, bytes, str, str]]:
     """Requests whose text is not valid Unicode (a lone surrogate): each must be answered 422."""
     import base64
 
@@ -160,6 +192,7 @@ def poison_bodies(images: dict[str, bytes]) -> list[tuple[str, str, bytes, str]]
             "poison",
             json.dumps({"image": base64.b64encode(data).decode(), "tasks": POISON_TASK, "text": "\ud800x"}).encode(),
             "application/json",
+            PREDICT_PATH,
         )
         for name, data in images.items()
     ]
@@ -168,7 +201,7 @@ def poison_bodies(images: dict[str, bytes]) -> list[tuple[str, str, bytes, str]]
 def client_loop(
     url: str,
     headers: dict[str, str],
-    bodies: list[tuple[str, str, bytes, str]],
+    bodies: list[tuple[str, str, bytes, str, str]],
     expected: dict[tuple[str, str], Any],
     offset: int,
     deadline: float,
@@ -178,13 +211,13 @@ def client_loop(
     conn = Connection(url, headers)
     index = offset
     while time.monotonic() < deadline:
-        name, task, body, content_type = bodies[index % len(bodies)]
+        name, task, body, content_type, path = bodies[index % len(bodies)]
         index += 1
         with tally.lock:
             tally.sent += 1
         started = time.monotonic()
         try:
-            status, response_headers, raw = conn.request("POST", "/v1/predict", body, content_type)
+            status, response_headers, raw = conn.request("POST", path, body, content_type)
         except Exception as error:  # counted, never lost
             with tally.lock:
                 tally.outcomes["error"] += 1
@@ -200,15 +233,16 @@ def client_loop(
             time.sleep(poison_interval)
             continue
         if status == 200:
-            data = json.loads(raw)
-            correct = same(data["results"], expected[(name, task)])
+            results, batch_size = answer_of(path, json.loads(raw))
+            correct = same(results, expected[(name, task)])
             with tally.lock:
                 tally.outcomes["ok" if correct else "wrong"] += 1
+                tally.by_route[path] += correct
                 if correct:
                     tally.latencies.append(elapsed)
-                    tally.batch_sizes.append(data["timings"]["batch_size"])
+                    tally.batch_sizes.append(batch_size)
                 else:
-                    tally.problems.append(f"wrong answer for {name} {task}: {data['results']}")
+                    tally.problems.append(f"wrong answer for {name} {task} from {path}: {results}")
         elif status == 503:
             with tally.lock:
                 tally.outcomes["503"] += 1
@@ -234,12 +268,14 @@ def histogram(metrics: str, name: str) -> dict[str, int]:
 
 
 def server_counts(metrics: str) -> dict[str, int]:
-    prefix = 'florence2_http_requests_total{route="/v1/predict",status="'
-    return {
-        line[len(prefix) :].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
-        for line in metrics.splitlines()
-        if line.startswith(prefix)
-    }
+    """Responses by status of both prediction routes, from the server's own counter."""
+    counts: Counter = Counter()
+    for route in (PREDICT_PATH, CHAT_PATH):
+        prefix = f'florence2_http_requests_total{{route="{route}",status="'
+        for line in metrics.splitlines():
+            if line.startswith(prefix):
+                counts[line[len(prefix) :].split('"', 1)[0]] += int(float(line.rsplit(" ", 1)[1]))
+    return dict(counts)
 
 
 class MemorySampler:
@@ -287,24 +323,33 @@ def run_load(
     images: dict[str, bytes],
     pid: int | None = None,
     poisoned: int = 0,
+    chat_clients: int = 0,
 ) -> dict:
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
     bodies = [
-        (name, task, *multipart(data, name, {"task": task})) for name, data in images.items() for task in args.task
+        (name, task, *multipart(data, name, {"task": task}), PREDICT_PATH)
+        for name, data in images.items()
+        for task in args.task
     ]
+    chats = [(name, task, *chat_body(data, task), CHAT_PATH) for name, data in images.items() for task in args.task]
     # one sequential warm-up round (first-call allocations), not counted by the clients
     warm = Connection(url, headers)
-    for _name, _task, body, content_type in bodies:
-        warm.request("POST", "/v1/predict", body, content_type)
+    for _name, _task, body, content_type, path in bodies + (chats if chat_clients else []):
+        warm.request("POST", path, body, content_type)
     _, before = get(url, "/metrics", headers)
 
     tally = Tally()
     deadline = time.monotonic() + args.duration
     poison = poison_bodies(images)
+
+    def bodies_of(client: int) -> list[tuple[str, str, bytes, str, str]]:
+        # the first clients are the poison ones, the last ``chat_clients`` ask for chat completions
+        return poison if client < poisoned else chats if client >= args.clients - chat_clients else bodies
+
     threads = [
         threading.Thread(
             target=client_loop,
-            args=(url, headers, poison if i < poisoned else bodies, expected, i, deadline, tally, args.poison_interval),
+            args=(url, headers, bodies_of(i), expected, i, deadline, tally, args.poison_interval),
         )
         for i in range(args.clients)
     ]
@@ -334,6 +379,7 @@ def run_load(
         "label": label,
         "load_average_1min": round(os.getloadavg()[0], 2),
         "clients": args.clients,
+        "chat_clients": chat_clients,
         "poison_clients": poisoned,
         "server_rss_mib": memory.figures(),
         "duration_s": round(wall, 2),
@@ -342,6 +388,7 @@ def run_load(
         "lost": tally.sent - counted,
         "server_status_counts": server,
         "throughput_rps": round(tally.outcomes["ok"] / wall, 2),
+        "throughput_by_route_rps": {route: round(n / wall, 2) for route, n in sorted(tally.by_route.items())},
         "latency_ms": {
             "p50": round(pct(0.50), 1),
             "p90": round(pct(0.90), 1),
@@ -427,6 +474,8 @@ def report(results: list[dict]) -> str:
                 f"poison clients ({r['label']}): {r['poison_clients']}, answered 422: "
                 f"{r['outcomes'].get('poison-422', 0)}"
             )
+        if r["chat_clients"]:
+            lines.append(f"correct answers per second by route ({r['label']}): {r['throughput_by_route_rps']}")
         if r["server_rss_mib"]:
             rss = r["server_rss_mib"]
             lines.append(f"server RSS MiB ({r['label']}): idle {rss['idle']}, peak {rss['peak']}, end {rss['end']}")
@@ -459,6 +508,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poison-clients", type=int, default=0, help="clients sending text that is not Unicode")
     parser.add_argument("--poison-compare", action="store_true", help="run without the poison clients, then with them")
     parser.add_argument(
+        "--mix",
+        action="store_true",
+        help="run with every client on /v1/predict, every client on /v1/chat/completions, then half of each",
+    )
+    parser.add_argument(
         "--poison-interval",
         type=float,
         default=0.4,
@@ -473,21 +527,45 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     if args.url:
         results.append(
-            run_load(args, args.url.rstrip("/"), "given server", expected, images, poisoned=args.poison_clients)
+            run_load(
+                args,
+                args.url.rstrip("/"),
+                "given server",
+                expected,
+                images,
+                poisoned=args.poison_clients,
+                chat_clients=args.clients // 2 if args.mix else 0,
+            )
         )
     else:
-        modes = [("batching on", args.max_batch_size, args.poison_clients)]
+        # (label, max batch size, poison clients, chat clients)
+        modes = [("batching on", args.max_batch_size, args.poison_clients, 0)]
         if args.compare:
-            modes.append(("batching off", 1, args.poison_clients))
+            modes.append(("batching off", 1, args.poison_clients, 0))
         if args.poison_compare:
-            modes = [("clean", args.max_batch_size, 0), ("poisoned", args.max_batch_size, args.poison_clients)]
+            modes = [("clean", args.max_batch_size, 0, 0), ("poisoned", args.max_batch_size, args.poison_clients, 0)]
+        if args.mix:
+            modes = [
+                ("predict", args.max_batch_size, 0, 0),
+                ("chat", args.max_batch_size, 0, args.clients),
+                ("mixed", args.max_batch_size, 0, args.clients // 2),
+            ]
         for round_index in range(args.rounds):
-            for label, size, poisoned in modes:
+            for label, size, poisoned, chatting in modes:
                 name = f"{label} (max batch {size})" + (f", round {round_index + 1}" if args.rounds > 1 else "")
                 with ServerProcess(args, size) as server:
                     print(f"{name}: {' '.join(server.command[1:])}", file=sys.stderr, flush=True)
                     results.append(
-                        run_load(args, server.url, name, expected, images, server.process.pid, poisoned=poisoned)
+                        run_load(
+                            args,
+                            server.url,
+                            name,
+                            expected,
+                            images,
+                            server.process.pid,
+                            poisoned=poisoned,
+                            chat_clients=chatting,
+                        )
                     )
     print(report(results))
     if args.rounds > 1:
