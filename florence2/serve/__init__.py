@@ -4,6 +4,10 @@
 * :mod:`florence2.serve.batching`: the dynamic batcher: one inference thread that groups queued
   requests sharing tasks, inputs and decoding options into one ``Florence2.predict`` call.
 * :mod:`florence2.serve.requests`: reading, parsing and checking a prediction request.
+* :mod:`florence2.serve.openai`: the OpenAI-compatible API (chat-completion requests to
+  predictions, answers, stream chunks, errors).
+* :mod:`florence2.serve.streaming`: a streamed answer's pieces from the inference thread to the
+  event loop, as server-sent events.
 * :mod:`florence2.serve.metrics`: the Prometheus metrics (``prometheus_client``), one registry per app.
 * :mod:`florence2.serve.middleware`: request metrics by route, and the API key check.
 * :mod:`florence2.serve.app`: the FastAPI application (``create_app``), its routes and the static page.
