@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("florence2.data",)),
     ("label", ("florence2.label",)),
     ("evaluation", ("florence2.eval",)),
-    ("applications", ("florence2.train", "florence2.serve", "florence2.export")),
+    ("applications", ("florence2.train", "florence2.serve", "florence2.export", "florence2.refine")),
     ("command line", ("florence2.cli",)),
     ("package", ("florence2",)),
 ]

@@ -11,7 +11,8 @@ Modules: :mod:`~florence2.label.sources` (where images come from), :mod:`~floren
 (the SQLite dataset), :mod:`~florence2.label.export` (COCO, YOLO, JSONL, captions, Parquet).
 """
 
-from florence2.label.engine import PRESETS, LabelSummary, Plan, label
+from florence2.label.api import label
+from florence2.label.engine import PRESETS, LabelSummary, Plan
 from florence2.label.filters import Filters
 from florence2.label.store import DatasetError, DatasetStore
 

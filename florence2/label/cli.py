@@ -17,7 +17,8 @@ import json
 import sys
 from typing import Any
 
-from florence2.label.engine import PRESETS, label
+from florence2.label.api import label
+from florence2.label.engine import PRESETS
 from florence2.label.filters import Filters
 from florence2.label.store import DatasetStore
 

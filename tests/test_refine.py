@@ -1,0 +1,65 @@
+"""The refinement loop on the embedded model, with tiny settings: rounds are runs of the dataset,
+labels are measured against ground truth the loop never reads, an interrupted loop continues."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from florence2.cli import main
+from florence2.data.synthetic import write_split
+from florence2.label import DatasetStore
+from florence2.refine import RefineConfig, precision_recall, refine
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("refine-scenes")
+    write_split(folder, 12, seed=61)
+    return folder
+
+
+def test_precision_and_recall_match_boxes_of_the_right_category_once():
+    truth = {"a": [{"category": "car", "bbox": [0, 0, 10, 10]}, {"category": "bus", "bbox": [20, 20, 30, 30]}]}
+    found = {"a": [([0, 0, 10, 10], "car"), ([1, 1, 10, 10], "car"), ([20, 20, 30, 30], "car")]}
+    assert precision_recall(found, truth) == {"precision": 0.3333, "recall": 0.5, "f1": 0.4, "boxes": 3}
+
+
+def test_two_rounds_label_keep_fine_tune_and_measure(scenes, tmp_path):
+    config = RefineConfig(
+        out=str(tmp_path / "run"),
+        images=(str(scenes),),
+        rounds=1,
+        steps=2,
+        batch_size=4,
+        eval_images=6,
+        eval_tasks=("<OD>",),
+        quality_images=12,
+    )
+    rounds = refine(config)
+    assert [r["round"] for r in rounds] == [0, 1]
+    first = rounds[1]
+    assert first["labeled_images"] == 12 and first["threshold"] > 0
+    assert set(first["kept"]) == set(first["plain"]) == {"precision", "recall", "f1", "boxes"}
+    assert first["kept"]["boxes"] == first["kept_regions"]  # the kept labels are what was trained on
+    assert "od_mAP50" in rounds[0]["eval"] and "od_mAP50" in first["eval"]
+    assert (tmp_path / "run" / "report.png").is_file()
+    # one more round continues from round 1's model; round 1 is not done again
+    more = refine(RefineConfig(**{**config.__dict__, "rounds": 2}))
+    assert [r["round"] for r in more] == [0, 1, 2] and more[1] == first
+    assert more[2]["model"].endswith("round-2/train/checkpoint-last")
+    with DatasetStore(tmp_path / "run" / "dataset") as store:
+        runs = store.runs()
+        assert len(runs) == 2 and runs[0]["settings"]["model"] != runs[1]["settings"]["model"]
+        assert store.counts(2) == {"images": 12, "failed": 0}
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert len(report["rounds"]) == 3
+
+
+def test_the_command_refuses_a_run_folder_with_other_settings(scenes, tmp_path, capsys):
+    argv = ["engine", "refine", "--images", str(scenes), "--out", str(tmp_path / "run"), "--rounds", "1"]
+    argv += ["--steps", "1", "--batch-size", "2", "--tta", "none"]
+    assert main(argv) == 0
+    assert main([*argv[:-2], "--threshold", "0.5"]) == 2
+    assert "other settings" in capsys.readouterr().err
