@@ -19,10 +19,8 @@ from torch import nn
 
 from florence2.config import Florence2Config, VisionConfig
 from florence2.model.davit import DaViT
+from florence2.model.kernels import run_images
 from florence2.model.language import KVCache, LanguageModel
-
-# images at least this large go through the vision tower one at a time in CPU inference
-_SPLIT_PIXELS = 512 * 512
 
 
 class LearnedPosition2D(nn.Module):
@@ -162,16 +160,12 @@ class Florence2Model(nn.Module):
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalized pixels -> (B, N_img, D) image tokens (N_img = 577 at 768x768).
 
-        On the CPU, inference runs the vision tower one image at a time on large images: their first
-        stages hold large activations, and per image a batch is then slower than single images
-        (measured here at base size, 768 px: 3.2 s per image alone, 4.1 s per image in a batch of 8),
-        while small images gain from batching (the embedded model at 128 px: 26 ms for a batch of 8,
-        58 ms one at a time)."""
+        In CPU inference a batch goes through the vision tower as one batch or one image at a time,
+        whichever was measured faster on this machine for such a batch (:func:`kernels.run_images`):
+        large images were faster one at a time on one CPU (their first stages hold large
+        activations), small images gain from batching everywhere measured."""
         pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
-        large = pixel_values.shape[-2] * pixel_values.shape[-1] >= _SPLIT_PIXELS
-        one_at_a_time = large and pixel_values.device.type == "cpu" and not torch.is_grad_enabled()
-        chunks = pixel_values.split(1) if one_at_a_time else [pixel_values]
-        return torch.cat([self.multi_modal_projector(self.vision_tower(chunk)) for chunk in chunks])
+        return run_images(lambda chunk: self.multi_modal_projector(self.vision_tower(chunk)), pixel_values)
 
     def encode(
         self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None

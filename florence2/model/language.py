@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from florence2.config import TextConfig
+from florence2.model import kernels
 
 _POSITION_OFFSET = 2  # BART reserves the first two rows of its position tables
 
@@ -39,26 +40,14 @@ def run_layer(layer: Callable[..., torch.Tensor], *args, checkpointed: bool = Fa
     return layer(*args)
 
 
-# Incremental decoding multiplies a few rows (one per sequence or beam) by each weight matrix. For
-# such products CPU BLAS libraries are much faster as ``W @ x.T`` (a GEMM with a few columns) than
-# as ``x @ W.T`` or a matrix-vector product: measured here 2-4x for 1-4 rows on a 2-core x86 CPU,
-# while from about 6 rows on both are alike. The result is the same up to float rounding. Small
-# weights (the embedded model's) stay on F.linear: there the extra operations cost more than they save.
-_FEW_ROWS = 4
-_FEW_ROWS_MIN_WEIGHT = 1 << 18
+# Products of at most this many rows (incremental decoding: one row per sequence or beam) take the
+# route measured faster on this machine (florence2.model.kernels); 0 sends every product to F.linear.
+_FEW_ROWS = kernels.FEW_ROWS_MAX
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` with the few-row CPU route above."""
-    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if x.device.type != "cpu" or not 0 < rows <= _FEW_ROWS or weight.numel() < _FEW_ROWS_MIN_WEIGHT:
-        return F.linear(x, weight, bias)
-    flat = x.reshape(rows, x.shape[-1])
-    if rows == 1:  # a 2-column product beats the matrix-vector kernel
-        flat = flat.repeat(2, 1)
-    out = torch.mm(weight, flat.t()) if bias is None else torch.addmm(bias[:, None], weight, flat.t())
-    # contiguous rows, as F.linear gives (attention kernels need a unit stride in the last dim)
-    return out[:, :rows].t().contiguous().view(*x.shape[:-1], weight.shape[0])
+    """``F.linear(x, weight, bias)``; few-row products by the measured route (:func:`kernels.linear`)."""
+    return kernels.linear(x, weight, bias, _FEW_ROWS)
 
 
 class Linear(nn.Linear):
