@@ -202,7 +202,12 @@ def add_predict_parser(sub: Any) -> None:
     p.add_argument("--score-threshold", type=float, help="drop regions scoring below this (0..1)")
     p.add_argument("--nms-iou", type=float, help="per-label non-maximum suppression at this IoU")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default cpu)")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16", "auto"],
+        help="auto: bfloat16 where the CPU (AMX, AVX512-BF16) or GPU has it natively, else float32 (old GPUs: float16)",
+    )
     p.add_argument("--quantize", choices=["int8"], help="int8 linear layers (CPU): faster, slightly less exact")
     p.add_argument(
         "--backend",

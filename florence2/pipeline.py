@@ -83,6 +83,11 @@ class Florence2:
     ) -> Florence2:
         """Load a checkpoint folder of either public layout (or a hub id); no path: the embedded model.
 
+        dtype: float32 (default, the reference's numbers), float16, bfloat16, or ``"auto"``: bfloat16
+            on CPUs that compute it natively (AMX or AVX512-BF16) and on recent GPUs, float16 on older
+            GPUs, float32 elsewhere (:func:`florence2.weights.parse_dtype`). With ``quantize`` or the
+            ``"onnxruntime"`` backend ``"auto"`` is float32: the int8 layers and the exported graphs
+            take float32 inputs.
         quantize: ``"int8"`` stores the linear layers as int8 for faster CPU inference
             (:mod:`florence2.quantization`); None keeps ``dtype``.
         backend: ``"torch"`` (this package's PyTorch model) or ``"onnxruntime"`` (the ONNX graphs of
@@ -93,6 +98,8 @@ class Florence2:
             raise ValueError(f"unknown quantization {quantize!r}; choose from {QUANTIZATION_MODES}")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+        if dtype == "auto" and (quantize is not None or backend == "onnxruntime"):
+            dtype = None
         folder = default_model_path() if path is None else resolve_checkpoint(path)
         if backend == "onnxruntime":
             from florence2.onnx_model import load_onnx_model

@@ -36,6 +36,7 @@ from florence2.layouts import (
     detect_layout,
 )
 from florence2.model.florence2 import Florence2Model, sinusoid_table
+from florence2.model.hardware import auto_dtype
 from florence2.quantization import is_quantized
 
 __all__ = [
@@ -198,12 +199,12 @@ def load_model(
 ) -> Florence2Model:
     """Build a :class:`Florence2Model` from a checkpoint folder of either layout (or a hub id).
 
-    ``dtype``: torch.float32 (default), torch.float16 or torch.bfloat16 (or their names).
-    The model is returned in eval mode."""
+    ``dtype``: torch.float32 (default), torch.float16 or torch.bfloat16 (or their names), or
+    ``"auto"``: what ``device`` computes natively (:func:`parse_dtype`). The model is returned in eval mode."""
     folder = resolve_checkpoint(path)
     config = read_config(folder)
     state = convert_state_dict(read_weights(folder))
-    dtype = parse_dtype(dtype)
+    dtype = parse_dtype(dtype, device)
     with _without_init():  # uninitialised tensors: the checkpoint fills every one
         model = Florence2Model(config)
     load_state_dict_strict(model, state)
@@ -228,12 +229,18 @@ def _without_init() -> Iterator[None]:
             setattr(torch.nn.init, name, function)
 
 
-def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
-    """A torch dtype from a dtype or its name (``"float16"``, ``"fp16"``, ``"bf16"``, ...); None: float32."""
+def parse_dtype(dtype: torch.dtype | str | None, device: str | torch.device | None = None) -> torch.dtype:
+    """A torch dtype from a dtype or its name (``"float16"``, ``"fp16"``, ``"bf16"``, ...); None: float32.
+
+    ``"auto"``: the fastest dtype ``device`` (default the CPU) computes natively
+    (:func:`florence2.model.hardware.auto_dtype`): bfloat16 on CPUs with AMX or AVX512-BF16, float32
+    on other CPUs, bfloat16 on GPUs that have it and float16 on older ones."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        return auto_dtype(device)
     names = {
         "float32": torch.float32,
         "fp32": torch.float32,
@@ -244,7 +251,7 @@ def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
         "bf16": torch.bfloat16,
     }
     if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted([*names, 'auto'])}")
     return names[dtype]
 
 

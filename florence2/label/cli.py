@@ -88,7 +88,12 @@ def add_label_parser(sub: Any) -> None:
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs each actor takes")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="ray: CPUs each actor takes")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default cpu)")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16", "auto"],
+        help="auto: bfloat16 where the CPU (AMX, AVX512-BF16) or GPU has it natively, else float32 (old GPUs: float16)",
+    )
     p.add_argument("--quantize", choices=["int8"], help="int8 linear layers (CPU)")
     video = p.add_mutually_exclusive_group()
     video.add_argument("--video-fps", type=float, help="frames sampled per second of video (default 1)")

@@ -18,7 +18,12 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default cpu)")
-    p.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "float16", "bfloat16", "auto"],
+        help="auto: bfloat16 where the CPU (AMX, AVX512-BF16) or GPU has it natively, else float32 (old GPUs: float16)",
+    )
     p.add_argument(
         "--api-key", default=None, help=f"require this key on /v1/* and /metrics (default: ${API_KEY_ENV}, if set)"
     )
