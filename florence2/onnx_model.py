@@ -39,7 +39,7 @@ __all__ = [
     "GRAPHS",
     "MANIFEST",
     "ONNX_FOLDER",
-    "VARIANTS",
+    "VARIANT_SUFFIXES",
     "OnnxCache",
     "OnnxFlorence2",
     "cache_names",
@@ -53,13 +53,13 @@ MANIFEST = "florence2_onnx.json"  # inside ONNX_FOLDER
 # the graphs of an export, by the file names transformers.js loads
 GRAPHS = ("vision_encoder", "embed_tokens", "encoder_model", "decoder_model_merged")
 # variant -> file-name suffix (transformers.js' dtype suffixes: dtype "fp32", "int8", "fp16")
-VARIANTS = {"fp32": "", "int8": "_int8", "fp16": "_fp16"}
+VARIANT_SUFFIXES = {"fp32": "", "int8": "_int8", "fp16": "_fp16"}
 _ONNX_EXTRA = "pip install 'florence2[onnx]'"
 
 
 def graph_path(folder: str | os.PathLike, graph: str, variant: str = "fp32") -> Path:
     """``folder/onnx/<graph><suffix>.onnx``."""
-    return Path(folder) / ONNX_FOLDER / f"{graph}{VARIANTS[variant]}.onnx"
+    return Path(folder) / ONNX_FOLDER / f"{graph}{VARIANT_SUFFIXES[variant]}.onnx"
 
 
 def cache_names(prefix: str, num_layers: int) -> list[str]:
@@ -100,7 +100,7 @@ def _providers(ort: Any, device: str | torch.device | None) -> list[str]:
     kind = torch.device(device).type if device is not None else "cpu"
     if kind == "cpu":
         return ["CPUExecutionProvider"]
-    wanted = {"cuda": "CUDAExecutionProvider", "mps": "CoreMLExecutionProvider"}.get(kind)
+    wanted = {"cuda": "CUDAExecutionProvider"}.get(kind)
     available = ort.get_available_providers()
     if wanted is None or wanted not in available:
         raise Florence2Error(
@@ -276,6 +276,7 @@ def load_onnx_model(
 
     dtype: float32 (default) or float16 choose the ``fp32`` or ``_fp16`` graphs; quantize ``"int8"``
         the ``_int8`` graphs. device: ``cpu`` (default) or ``cuda`` (the onnxruntime-gpu build).
+    The sessions use as many threads as PyTorch does (``torch.set_num_threads`` before loading).
 
     Raises:
         CheckpointError: the folder lacks the chosen variant's graphs or a readable config.json.
@@ -286,11 +287,13 @@ def load_onnx_model(
     paths = [graph_path(folder, graph, variant) for graph in GRAPHS]
     missing = [str(p.relative_to(folder)) for p in paths if not p.is_file()]
     if missing:
-        present = [v for v in VARIANTS if all(graph_path(folder, g, v).is_file() for g in GRAPHS)]
+        present = [v for v in VARIANT_SUFFIXES if all(graph_path(folder, g, v).is_file() for g in GRAPHS)]
         if present:
             hint = f"it holds the {', '.join(present)} graphs; choose one with dtype/quantize"
         elif (folder / "config.json").is_file():
-            hint = f"to run this checkpoint on ONNX Runtime, export it: florence2 export onnx --model {folder} --out OUT"
+            hint = (
+                f"to run this checkpoint on ONNX Runtime, export it: florence2 export onnx --model {folder} --out OUT"
+            )
         else:
             hint = "write one with: florence2 export onnx --out OUT [--model CHECKPOINT]"
         raise CheckpointError(
@@ -304,6 +307,7 @@ def load_onnx_model(
     providers = _providers(ort, device)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # warnings about unused initializers and the like are not for users
+    options.intra_op_num_threads = torch.get_num_threads()  # one knob for both backends
     sessions = {}
     for graph, path in zip(GRAPHS, paths):
         try:

@@ -37,7 +37,15 @@ from florence2.export.merge import merge_decoders
 from florence2.image import ImageProcessor
 from florence2.layouts import WRITTEN_LAYOUT
 from florence2.model.florence2 import Florence2Model
-from florence2.onnx_model import GRAPHS, MANIFEST, ONNX_FOLDER, VARIANTS, cache_names, graph_path, write_manifest
+from florence2.onnx_model import (
+    GRAPHS,
+    MANIFEST,
+    ONNX_FOLDER,
+    VARIANT_SUFFIXES,
+    cache_names,
+    graph_path,
+    write_manifest,
+)
 from florence2.pipeline import Florence2, default_model_path
 from florence2.quantization import is_quantized
 from florence2.tasks import TASKS
@@ -153,7 +161,8 @@ def _source(model: Any) -> tuple[Florence2Model, ImageProcessor, Florence2Tokeni
         torch_model = model.model
         if not isinstance(torch_model, Florence2Model) or is_quantized(torch_model):
             raise ExportError("export a float PyTorch model: load the checkpoint without quantize= or another backend")
-        torch_model = copy.deepcopy(torch_model).float().cpu().eval()
+        if torch_model.dtype != torch.float32 or torch_model.device.type != "cpu" or torch_model.training:
+            torch_model = copy.deepcopy(torch_model).float().cpu().eval()  # the caller's model stays as it is
         processor = model.processor
         return (
             torch_model,
@@ -267,7 +276,7 @@ def _write_variant(folder: Path, work: Path, variant: str, shapes: dict[str, lis
         for graph in GRAPHS[:-1]:
             convert(graph_path(folder, graph), graph_path(folder, graph, variant))
         for i, half in enumerate(halves):
-            halves[i] = half.with_name(f"{half.stem}{VARIANTS[variant]}.onnx")
+            halves[i] = half.with_name(f"{half.stem}{VARIANT_SUFFIXES[variant]}.onnx")
             convert(half, halves[i])
     merged = merge_decoders(*(onnx.load(str(half)) for half in halves), shapes)
     onnx.save(merged, str(graph_path(folder, "decoder_model_merged", variant)))

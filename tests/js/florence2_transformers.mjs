@@ -1,11 +1,12 @@
 // Runs an exported Florence-2 folder with transformers.js (its Florence-2 model and processor), from
 // local files only, and prints one JSON object: {task: {text, ids, result}} for each task.
 //
-// usage: node florence2_transformers.mjs TRANSFORMERS_JS_PACKAGE_DIR MODEL_DIR IMAGE MAX_NEW_TOKENS TASK...
+// usage: node florence2_transformers.mjs TRANSFORMERS_JS_PACKAGE_DIR MODEL_DIR DTYPE IMAGE MAX_NEW_TOKENS TASK...
+// DTYPE: transformers.js' name of the graphs to load (fp32: onnx/*.onnx, int8: onnx/*_int8.onnx, fp16: ...).
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
-const [packageDir, modelDir, imagePath, maxNewTokens, ...tasks] = process.argv.slice(2);
+const [packageDir, modelDir, dtype, imagePath, maxNewTokens, ...tasks] = process.argv.slice(2);
 const entry = path.join(packageDir, 'dist', 'transformers.node.mjs');
 const { env, AutoProcessor, Florence2ForConditionalGeneration, RawImage } = await import(pathToFileURL(entry).href);
 
@@ -14,7 +15,7 @@ env.allowLocalModels = true;
 env.localModelPath = path.dirname(path.resolve(modelDir));
 const name = path.basename(path.resolve(modelDir));
 
-const model = await Florence2ForConditionalGeneration.from_pretrained(name, { dtype: 'fp32', device: 'cpu' });
+const model = await Florence2ForConditionalGeneration.from_pretrained(name, { dtype, device: 'cpu' });
 const processor = await AutoProcessor.from_pretrained(name);
 const image = await RawImage.read(imagePath);
 
