@@ -37,12 +37,10 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_label import predictor_for  # noqa: E402
 from machine import machine_info  # noqa: E402
 
-from florence2 import Florence2, Florence2Processor, ImageProcessor, export_onnx, generate  # noqa: E402
-from florence2.config import variant  # noqa: E402
-from florence2.model.florence2 import Florence2Model  # noqa: E402
-from florence2.pipeline import default_model_path  # noqa: E402
+from florence2 import Florence2, export_onnx, generate  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "florence2" / "assets" / "examples" / "000000.png"
 BACKENDS = ("torch fp32", "onnxruntime fp32", "onnxruntime int8")
@@ -58,16 +56,6 @@ def cases(size: str) -> dict[str, tuple[str, dict[str, Any]]]:
 
 def _limit(limits: dict[str, int], case: str) -> dict[str, int]:
     return {"max_new_tokens": limits[case]} if case in limits else {}
-
-
-def torch_predictor(size: str) -> Florence2:
-    if size == "embedded":
-        return Florence2.from_pretrained()
-    processor = Florence2Processor.from_pretrained(default_model_path())
-    processor = Florence2Processor(processor.tokenizer, ImageProcessor(size=(768, 768)), max_positions=1024)
-    torch.manual_seed(0)
-    model = Florence2Model(variant("base", vocab_size=processor.tokenizer.vocab_size)).init_weights(0.02).eval()
-    return Florence2(model, processor, {"num_beams": 1, "no_repeat_ngram_size": 0})
 
 
 def token_ids(predictor: Florence2, task: str, decoding: dict[str, Any]) -> torch.Tensor:
@@ -95,7 +83,7 @@ def same(a: Any, b: Any) -> bool:
 
 
 def run_size(size: str, rounds: int, work: Path) -> list[str]:
-    reference = torch_predictor(size)
+    reference = predictor_for(size)  # the embedded model, or base size with random weights
     start = time.perf_counter()
     folder = export_onnx(work / size, reference, quantize="int8")
     export_seconds = time.perf_counter() - start
