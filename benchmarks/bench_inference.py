@@ -9,6 +9,7 @@ come back to this process and are compared.
     python benchmarks/bench_inference.py                       # base size, CPU, fp32, 3 rounds
     python benchmarks/bench_inference.py --size tiny --rounds 1 --out /tmp/bench.md
     python benchmarks/bench_inference.py --device cuda --dtype fp16 --int8
+    python benchmarks/bench_inference.py --dtype auto      # ours in dtype="auto", the reference in fp32
 
 Cases (times are medians over ``--rounds`` alternating rounds, each a fresh process per
 implementation timing every case ``--repeats`` times after one warm-up):
@@ -20,10 +21,15 @@ implementation timing every case ``--repeats`` times after one warm-up):
    image once, the reference makes three generate calls;
 5. 8 images captioned as one batch, and one at a time (images/s; one at a time = 1 / case 2);
 6. peak memory per case (resident set high-water mark, or CUDA peak allocation);
-7. cold load from safetensors in a fresh process.
+7. cold load from safetensors in a fresh process;
+8. ours only: decoding alone, 100 new tokens greedy from one image's encoder output.
 
 Ratios are reference / ours for times and memory, ours / reference for throughput: above 1 means
-florence2 is faster (or smaller). See benchmarks/README.md for the method.
+florence2 is faster (or smaller). Each time is also read against the machine's floor: the report
+measures the memory read bandwidth and the matrix-multiply peak first, counts the model's FLOPs
+(vision tower, language encoder) and the bytes each decoding step must read (decoder weights and
+the output head), and gives the share of the floor each implementation reached. See
+benchmarks/README.md for the method.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import machine_info, machine_limits  # noqa: E402
 
 # Prompt ids of the official tokenizer (Florence-2's BART vocabulary), "<s> prompt </s>".
 PROMPTS = {
@@ -60,12 +66,14 @@ IMAGE_TOKEN_ID = 50264
 CAPTION_TOKENS = 20
 DETECTION_TOKENS = 100
 DETECTION_BEAMS = 3
+DECODE_TOKENS = 100  # case 8: greedy decoding alone
 NO_REPEAT_NGRAM = 3  # the official generation config's n-gram ban, used by every case
 TASKS = ("<CAPTION>", "<OD>", "<OCR>")
 INIT_STD = 0.02
 SEED = 0
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+AUTO = "auto"  # --dtype auto: ours loads with dtype="auto", the reference in fp32
 
 
 # --- model sizes ----------------------------------------------------------------------------------
@@ -144,6 +152,35 @@ class OursRunner:
         memory, memory_mask = self.model.encode(features.expand(len(prompts), -1, -1), ids, mask)
         sequences = search(self.model, memory, memory_mask, options).sequences
         return [sequences[row : row + 1] for row in range(len(prompts))]
+
+    def encoder_output(self, pixel_values: torch.Tensor, prompt: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """The language encoder's output for one image and prompt: what decoding starts from."""
+        return self.model.encode(self.model.encode_image(pixel_values), prompt)
+
+    def decode(self, encoded: tuple[torch.Tensor, Any], new_tokens: int) -> torch.Tensor:
+        """Greedy decoding alone (case 8): ``new_tokens`` steps from the encoder output."""
+        from florence2.generation import DecodingOptions, search
+
+        options = DecodingOptions.for_model(
+            self.model.config, num_beams=1, max_new_tokens=new_tokens, no_repeat_ngram_size=NO_REPEAT_NGRAM
+        )
+        return search(self.model, *encoded, options).sequences
+
+    @staticmethod
+    def routes() -> list[str]:
+        """The kernel routes measured in this process (florence2.model.kernels), for the report."""
+        from florence2.model import kernels
+
+        choices = kernels.choices()
+        linear = [
+            f"{rows} x ({out}, {inp}) {str(dtype).removeprefix('torch.')}{' + bias' if bias else ''}: {route}"
+            for (rows, out, inp, dtype, bias), route in sorted(choices["linear"].items(), key=str)
+        ]
+        vision = [
+            f"images {c}x{h}x{w} {str(dtype).removeprefix('torch.')}, batches up to {n}: {route}"
+            for (c, h, w, dtype, n), route in sorted(choices["vision"].items(), key=str)
+        ]
+        return linear + vision
 
 
 class ReferenceRunner:
@@ -343,7 +380,8 @@ def run_worker(spec_path: Path) -> None:
     impl = spec["impl"]
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
-    dtype = DTYPES[spec["dtype"]]
+    dtype_name = spec["dtype"] if impl == "reference" else spec["ours_dtype"]
+    dtype = AUTO if dtype_name == AUTO else DTYPES[dtype_name]  # "auto": load_model resolves it
     folder = Path(spec["folder"])
     memory = PeakMemory(device)
     result: dict[str, Any] = {"impl": impl, "memory_method": memory.method}
@@ -376,6 +414,8 @@ def run_worker(spec_path: Path) -> None:
     _sync(device)
     result["load_s"] = time.perf_counter() - start
     result["loaded_mib"] = memory.current()
+    dtype = runner.model.dtype  # the inputs' dtype: what "auto" resolved to, float32 for int8
+    result["dtype"] = str(dtype).removeprefix("torch.")
     _log(impl, f"imported in {result['import_s']:.2f} s, loaded in {result['load_s']:.2f} s")
     if spec["load_only"]:
         _write_result(spec, result)
@@ -392,8 +432,10 @@ def run_worker(spec_path: Path) -> None:
         "detection": lambda: runner.generate(one, prompts["<OD>"], DETECTION_TOKENS, DETECTION_BEAMS),
         "tasks": lambda: runner.generate_tasks(one, [prompts[t] for t in TASKS], CAPTION_TOKENS),
         "batch": lambda: runner.generate(batch, batch_prompt, CAPTION_TOKENS, 1),
+        "decode": lambda: runner.decode(encoded, DECODE_TOKENS),
     }
     cases = {name: fn for name, fn in cases.items() if name in spec["cases"]}
+    encoded = None
 
     times: dict[str, list[float]] = {}
     peaks: dict[str, float | None] = {}
@@ -408,6 +450,10 @@ def run_worker(spec_path: Path) -> None:
         _sync(device)
         result["first_call_s"] = time.perf_counter() - start
         runner.generate(one, prompts["<OD>"], 3, DETECTION_BEAMS)
+        if "batch" in cases:  # the batch's shapes too: ours measures its kernel routes on first use
+            runner.generate(batch, batch_prompt, 3, 1)
+        if "decode" in cases:
+            encoded = runner.encoder_output(one, prompts["<OD>"])
         _sync(device)
         for name, fn in cases.items():
             starts[name] = memory.current()
@@ -423,6 +469,8 @@ def run_worker(spec_path: Path) -> None:
             _log(impl, f"{name}: median {statistics.median(times[name]):.3f} s of {len(times[name])}")
             del out
     result.update(times=times, peak_mib=peaks, start_mib=starts)
+    if impl != "reference":
+        result["routes"] = runner.routes()
     torch.save(outputs, spec["outputs"])
     _write_result(spec, result)
 
@@ -504,6 +552,101 @@ def build_checkpoint(size: str, folder: Path) -> tuple[Any, int, int]:
     return config, image_size, n_params
 
 
+# --- the machine's floor ---------------------------------------------------------------------------
+
+
+def model_costs(config: Any, image_size: int) -> dict[str, Any]:
+    """What the cases must compute and read, counted on a weightless (meta) copy of the model:
+    ``vision_flops`` for one image (DaViT + projector); per task prompt ``encoder_flops`` (language
+    encoder over the image tokens and the prompt) and ``cross_kv`` (elements of the cross-attention
+    keys and values a decoding step reads per image and prompt); ``step_weights``: the weights a
+    decoding step reads (the decoder without its cross-attention key/value projections, which run
+    once per answer, plus the output head) as (matrix elements, int8 when quantized; other
+    elements: biases, norms). The self-attention cache (a few MB at 100 tokens) is left out."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from florence2.model.florence2 import Florence2Model
+
+    with torch.device("meta"):
+        model = Florence2Model(config).eval()
+    counted = lambda fn: _count_flops(FlopCounterMode, fn)  # noqa: E731
+    with torch.inference_mode():
+        pixels = torch.empty(1, 3, image_size, image_size, device="meta")
+        vision_flops, features = counted(lambda: model.encode_image(pixels))
+        encoder_flops = {
+            task: counted(lambda ids=ids: model.encode(features, torch.tensor([ids], device="meta")))[0]
+            for task, ids in PROMPTS.items()
+        }
+    linear = other = 0
+    for name, param in model.language_model.decoder.named_parameters():
+        if ".encoder_attn.k_proj." in name or ".encoder_attn.v_proj." in name or "embed_positions" in name:
+            continue  # cross-attention keys/values are projected once; one position row per step
+        if name.endswith("proj.weight") or name.endswith(("fc1.weight", "fc2.weight")):
+            linear += param.numel()
+        else:
+            other += param.numel()
+    linear += model.language_model.shared.weight.numel()  # the tied output head
+    text = config.text
+    cross_kv = {
+        task: 2 * text.decoder_layers * text.d_model * (features.shape[1] + len(ids)) for task, ids in PROMPTS.items()
+    }
+    return {
+        "vision_flops": vision_flops,
+        "encoder_flops": encoder_flops,
+        "cross_kv": cross_kv,
+        "step_weights": (linear, other),
+    }
+
+
+def _count_flops(counter_cls: Any, fn: Callable[[], Any]) -> tuple[int, Any]:
+    counter = counter_cls(display=False)
+    with counter:
+        out = fn()
+    return counter.get_total_flops(), out
+
+
+def floors(costs: dict[str, Any], limits: dict[str, float], dtype: str, n_batch: int, int8: bool = False) -> dict:
+    """Per case, the least time the machine could take (seconds): the vision tower's and the
+    language encoder's FLOPs at the measured matmul peak of ``dtype``, plus per decoding step the
+    larger of its bytes at the measured read bandwidth (the step's weights, and the cross-attention
+    keys and values of each image and prompt) and its FLOPs at the peak. ``int8``: decoding steps
+    read one byte per matrix element; only decoding is floored (int8 products have no measured
+    peak). A case whose limits were not measured gives None."""
+    peak = None if int8 else limits.get(f"peak_{dtype}")
+    bandwidth = limits.get("read_bandwidth")
+    size = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    linear, other = costs["step_weights"]
+    weight_bytes = linear * (1 if int8 else size) + other * (4 if int8 else size)
+
+    def step(items: list[str], rows: int) -> float | None:
+        if not bandwidth:
+            return None
+        seconds = (weight_bytes + size * sum(costs["cross_kv"][task] for task in items)) / bandwidth
+        return max(seconds, 2 * (linear + other) * rows / peak) if peak else seconds
+
+    def case(items: list[str], images: int, steps: int, rows: int) -> float | None:
+        per_step = step(items, rows)
+        if per_step is None or (images and not peak):
+            return None
+        flops = images * costs["vision_flops"] + sum(costs["encoder_flops"][task] for task in items)
+        return (flops / peak if images else 0.0) + steps * per_step
+
+    return {
+        "vision": costs["vision_flops"] / peak if peak else None,
+        "caption": case(["<CAPTION>"], 1, CAPTION_TOKENS, 1),
+        "detection": case(["<OD>"], 1, DETECTION_TOKENS, DETECTION_BEAMS),
+        "tasks": case(list(TASKS), 1, CAPTION_TOKENS, len(TASKS)),
+        "batch": case(["<CAPTION>"] * n_batch, n_batch, CAPTION_TOKENS, n_batch),
+        "decode": case(["<OD>"], 0, DECODE_TOKENS, 1),
+        "step": step(["<OD>"], 1),
+        "step_bytes": weight_bytes + size * costs["cross_kv"]["<OD>"],
+    }
+
+
+def _fmt_share(floor: float | None, seconds: float | None) -> str:
+    return "-" if not floor or not seconds else f"{100 * floor / seconds:.0f}%"
+
+
 def _fmt_time(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -558,11 +701,20 @@ def make_report(args: argparse.Namespace, meta: dict[str, Any], ref: dict, ours:
         "tasks": CAPTION_TOKENS,
         "batch": CAPTION_TOKENS,
     }
+    ref_dtype, ours_dtype = ref["dtype"], ours["dtype"]
+    floor = {
+        "reference": floors(meta["costs"], meta["limits"], ref_dtype, n_batch),
+        "ours": floors(meta["costs"], meta["limits"], ours_dtype, n_batch),
+    }
+    dtypes = ref_dtype if ref_dtype == ours_dtype else f"reference {ref_dtype}, ours {ours_dtype}"
+    if meta["dtype"] == AUTO:
+        dtypes += ' (ours: dtype="auto")'
     lines = [f"# Florence-2 inference benchmark: florence2 vs transformers ({meta['size']})", ""]
     lines += [f"- {k}: {v}" for k, v in meta["machine"].items()]
+    lines += [f"- measured limits: {_fmt_limits(meta['limits'])}"]
     lines += [
         f"- model: {meta['size']} config, {meta['n_params']:,} parameters, random weights "
-        f"(N(0, {INIT_STD}) linear/embedding, LayerNorm 1/0), {meta['dtype']}; "
+        f"(N(0, {INIT_STD}) linear/embedding, LayerNorm 1/0), {dtypes}; "
         f"{meta['num_image_tokens']} image tokens",
         "- reference: transformers Florence2ForConditionalGeneration; ours: florence2 "
         "(same safetensors checkpoint, same inputs)",
@@ -571,8 +723,9 @@ def make_report(args: argparse.Namespace, meta: dict[str, Any], ref: dict, ours:
         "warm-up; ratio = reference / ours (> 1: florence2 is faster)",
         f"- run: {meta['date']}, {meta['wall_s']:.0f} s in all",
         "",
-        "| case | reference (median) | ours (median) | ratio | ids identical |",
-        "|---|---:|---:|---:|:---:|",
+        "| case | reference (median) | ours (median) | ratio | floor | reference at floor | ours at floor "
+        "| ids identical |",
+        "|---|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     notes: list[str] = []
     for case, label in labels.items():
@@ -583,10 +736,18 @@ def make_report(args: argparse.Namespace, meta: dict[str, Any], ref: dict, ours:
         else:
             same = _same(ref["outputs"][case], ours["outputs"][case])
             check = "yes" if same else "**NO**"
+            if not same and ref_dtype != ours_dtype:  # other precision: say how many tokens agree
+                agree, total = _agreement(ref["outputs"][case], ours["outputs"][case])
+                check = f"no ({agree}/{total} tokens agree)"
             got = set(_new_tokens(ref["outputs"][case]) + _new_tokens(ours["outputs"][case]))
             if got != {expected_tokens[case]}:
                 notes.append(f"{case}: generated {sorted(got)} new tokens instead of {expected_tokens[case]}")
-        lines.append(f"| {label} | {_fmt_time(r)} | {_fmt_time(o)} | {_fmt_ratio(_ratio(r, o))} | {check} |")
+        f_ref, f_ours = floor["reference"][case], floor["ours"][case]
+        floor_text = _fmt_time(f_ours) if f_ref == f_ours else f"{_fmt_time(f_ref)} / {_fmt_time(f_ours)}"
+        lines.append(
+            f"| {label} | {_fmt_time(r)} | {_fmt_time(o)} | {_fmt_ratio(_ratio(r, o))} | {floor_text} | "
+            f"{_fmt_share(f_ref, r)} | {_fmt_share(f_ours, o)} | {check} |"
+        )
 
     # 5: throughput. One at a time is case 2's work per image, so its rate is 1 / case-2 median.
     ref_batch = n_batch / _median(ref["times"]["batch"])
@@ -595,9 +756,9 @@ def make_report(args: argparse.Namespace, meta: dict[str, Any], ref: dict, ours:
     ours_single = 1 / _median(ours["times"]["caption"])
     lines += [
         f"| 5b. {n_batch} images as one batch, images/s | {ref_batch:.3f} | {ours_batch:.3f} | "
-        f"{_fmt_ratio(ours_batch / ref_batch)} | |",
+        f"{_fmt_ratio(ours_batch / ref_batch)} | | | | |",
         f"| 5c. one image at a time, images/s (1 / case 2) | {ref_single:.3f} | {ours_single:.3f} | "
-        f"{_fmt_ratio(ours_single / ref_single)} | |",
+        f"{_fmt_ratio(ours_single / ref_single)} | | | | |",
     ]
     r_load, o_load = _median(ref["load_samples"]), _median(ours["load_samples"])
     r_imp, o_imp = _median(ref["import_samples"]), _median(ours["import_samples"])
@@ -605,11 +766,19 @@ def make_report(args: argparse.Namespace, meta: dict[str, Any], ref: dict, ours:
     r_first, o_first = (res["import_s"] + res["load_s"] + res["first_call_s"] for res in (ref, ours))
     lines += [
         f"| 7. cold load from safetensors, fresh process (median of {len(ours['load_samples'])}) | "
-        f"{_fmt_time(r_load)} | {_fmt_time(o_load)} | {_fmt_ratio(_ratio(r_load, o_load))} | |",
+        f"{_fmt_time(r_load)} | {_fmt_time(o_load)} | {_fmt_ratio(_ratio(r_load, o_load))} | | | | |",
         f"| 7b. import of the library (after torch) | {_fmt_time(r_imp)} | {_fmt_time(o_imp)} | "
-        f"{_fmt_ratio(_ratio(r_imp, o_imp))} | |",
+        f"{_fmt_ratio(_ratio(r_imp, o_imp))} | | | | |",
         f"| 7c. import + load + first call (3-token caption), one fresh process | {_fmt_time(r_first)} | "
-        f"{_fmt_time(o_first)} | {_fmt_ratio(_ratio(r_first, o_first))} | |",
+        f"{_fmt_time(o_first)} | {_fmt_ratio(_ratio(r_first, o_first))} | | | | |",
+        "",
+        "Floor: the least time this machine could take for the case's work, from the measured limits "
+        "above: the vision tower's and the language encoder's FLOPs (counted by torch's FLOP counter) at "
+        "the matmul peak of the dtype, plus per decoding step the larger of its bytes (the decoder's "
+        "weights without the cross-attention key/value projections, the output head, and the "
+        "cross-attention keys and values of each image and prompt) at the read bandwidth and its FLOPs "
+        "at the peak. One vision encoding per image, as ours does in case 4. 'At floor' = floor / median "
+        "time (100% would be the machine's limit).",
         "",
         f"Throughput: ours batched / reference batched = {ours_batch / ref_batch:.2f}x; "
         f"ours batched / reference one at a time = {ours_batch / ref_single:.2f}x; "
@@ -644,6 +813,17 @@ def make_report(args: argparse.Namespace, meta: dict[str, Any], ref: dict, ours:
         )
     lines.append("")
 
+    lines += _decode_section(meta, ours, int8, floor["ours"])
+    if ours.get("routes") is not None:
+        lines += [
+            "## Kernel routes ours measured (first round)",
+            "",
+            "Few-row products (rows x weight shape): F.linear or W @ x.T; batches of images: as one batch or "
+            "one at a time; each timed both ways at first use and kept (florence2.model.kernels).",
+            "",
+        ]
+        lines += [f"- {route}" for route in ours["routes"]] or ["- none measured"]
+        lines.append("")
     if args.int8:
         lines += ["## int8 (ours)", ""]
         lines += _int8_section(ours, int8)
@@ -657,6 +837,60 @@ def make_report(args: argparse.Namespace, meta: dict[str, Any], ref: dict, ours:
     return "\n".join(lines) + "\n"
 
 
+def _fmt_limits(limits: dict[str, float]) -> str:
+    parts = [
+        f"memory read {limits['read_bandwidth'] / 1e9:.1f} GB/s (copy {limits['copy_bandwidth'] / 1e9:.1f} GB/s, "
+        "read + write)"
+    ]
+    parts += [
+        f"{key.removeprefix('peak_')} matmul {value / 1e9:.1f} GFLOP/s"
+        for key, value in limits.items()
+        if key.startswith("peak_")
+    ]
+    return "; ".join(parts)
+
+
+def _agreement(a: Any, b: Any) -> tuple[int, int]:
+    """(new tokens equal at the same position, new tokens in the longer) over all sequences."""
+    if isinstance(a, list):
+        pairs = [_agreement(x, y) for x, y in zip(a, b)]
+        return sum(p[0] for p in pairs), sum(p[1] for p in pairs)
+    same = total = 0
+    for x, y in zip(a[:, 1:].tolist(), b[:, 1:].tolist()):
+        same += sum(p == q for p, q in zip(x, y))
+        total += max(len(x), len(y))
+    return same, total
+
+
+def _decode_section(meta: dict[str, Any], ours: dict, int8: dict | None, ours_floor: dict) -> list[str]:
+    """Case 8: decoding alone, per step, against the floor of the bytes a step reads."""
+    rows = [("ours", ours, ours_floor)]
+    if int8 and "decode" in int8.get("times", {}):
+        rows.append(("ours int8", int8, floors(meta["costs"], meta["limits"], "float32", 1, int8=True)))
+    lines = [
+        f"## 8. Decoding alone (ours): {DECODE_TOKENS} new tokens greedy from one image's encoder output (`<OD>`)",
+        "",
+        "| | dtype | time | per step | bytes read per step | floor per step | at floor |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, res, floor in rows:
+        t = _median(res["times"]["decode"])
+        per_step = t / DECODE_TOKENS if t else None
+        dtype = "int8 weights" if name == "ours int8" else res["dtype"]
+        lines.append(
+            f"| {name} | {dtype} | {_fmt_time(t)} | {_fmt_time(per_step)} | {floor['step_bytes'] / 1e6:,.0f} MB | "
+            f"{_fmt_time(floor['step'])} | {_fmt_share(floor['step'], per_step)} |"
+        )
+    lines += [
+        "",
+        "Bytes per step: the decoder's weights without the cross-attention key/value projections, the output "
+        "head and the cross-attention keys and values of the image and prompt; floor = those bytes at the "
+        "measured read bandwidth (or the step's FLOPs at the matmul peak, if longer).",
+        "",
+    ]
+    return lines
+
+
 def _fmt_mib(mib: float | None) -> str:
     return "-" if mib is None else f"{mib:,.0f} MiB"
 
@@ -668,6 +902,7 @@ def _int8_section(ours: dict, int8: dict | None) -> list[str]:
         return [f"Skipped: {int8.get('int8_method')}.", ""]
     f_cap, q_cap = _median(ours["times"]["caption"]), _median(int8["times"]["caption"])
     f_vis, q_vis = _median(ours["times"]["vision"]), _median(int8["times"]["vision"])
+    f_dec, q_dec = _median(ours["times"].get("decode")), _median(int8["times"].get("decode"))
     fp_ids, q_ids = ours["outputs"]["caption"][0, 1:], int8["outputs"]["caption"][0, 1:]
     n = max(len(fp_ids), len(q_ids))
     agree = int((fp_ids[: len(q_ids)] == q_ids[: len(fp_ids)]).sum())
@@ -680,6 +915,8 @@ def _int8_section(ours: dict, int8: dict | None) -> list[str]:
         f"| vision encode | {_fmt_time(f_vis)} | {_fmt_time(q_vis)} | {_fmt_ratio(_ratio(f_vis, q_vis))} |",
         f"| caption, {CAPTION_TOKENS} tokens greedy | {_fmt_time(f_cap)} | {_fmt_time(q_cap)} | "
         f"{_fmt_ratio(_ratio(f_cap, q_cap))} |",
+        f"| decoding alone, {DECODE_TOKENS} tokens greedy (case 8) | {_fmt_time(f_dec)} | {_fmt_time(q_dec)} | "
+        f"{_fmt_ratio(_ratio(f_dec, q_dec))} |",
         f"| cold load | {_fmt_time(_median(ours['load_samples']))} | {_fmt_time(_median(int8['load_samples']))} | "
         f"{_fmt_ratio(_ratio(_median(ours['load_samples']), _median(int8['load_samples'])))} |",
         f"| memory after load | {_fmt_mib(ours['loaded_mib'])} | {_fmt_mib(int8['loaded_mib'])} | "
@@ -703,7 +940,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per case and round")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    parser.add_argument(
+        "--dtype",
+        choices=(*DTYPES, AUTO),
+        default="fp32",
+        help='weights and inputs; auto: ours with dtype="auto" (bf16 on CPUs with native bf16), the reference fp32',
+    )
     parser.add_argument("--int8", action="store_true", help="also measure florence2's int8 option, if it has one")
     parser.add_argument("--batch-size", type=int, default=8, help="images in the batched caption case")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores available)")
@@ -744,15 +986,24 @@ def main(argv: list[str] | None = None) -> None:
             },
             workdir / "inputs.pt",
         )
+        from florence2.weights import parse_dtype  # here: the workers time their own first import
+
+        torch.set_num_threads(threads)
+        reference_dtype = "fp32" if args.dtype == AUTO else args.dtype
+        ours_dtype = parse_dtype(args.dtype, device)
+        print("measuring the machine's memory bandwidth and matmul peak", file=sys.stderr)
+        limits = machine_limits(device, [DTYPES[reference_dtype], ours_dtype])
+        costs = model_costs(config, image_size)
         spec = {
             "folder": str(folder),
             "inputs": str(workdir / "inputs.pt"),
             "device": args.device,
-            "dtype": args.dtype,
+            "dtype": reference_dtype,
+            "ours_dtype": args.dtype,
             "threads": threads,
             "repeats": args.repeats,
             "num_image_tokens": num_image_tokens,
-            "cases": ["vision", "caption", "detection", "tasks", "batch"],
+            "cases": ["vision", "caption", "detection", "tasks", "batch", "decode"],
             "load_only": False,
         }
         impls = ("reference", "ours")
@@ -764,8 +1015,12 @@ def main(argv: list[str] | None = None) -> None:
         rounds: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
         for r in range(args.rounds):
             for impl in impls if r % 2 == 0 else impls[::-1]:
-                cases = ["vision", "caption"] if impl == "ours-int8" else spec["cases"]
-                res = launch({**spec, "impl": impl, "cases": cases}, workdir, f"{impl}-{r}", check=impl != "ours-int8")
+                impl_spec = {**spec, "impl": impl}
+                if impl == "reference":
+                    impl_spec["cases"] = [case for case in spec["cases"] if case != "decode"]
+                elif impl == "ours-int8":  # int8 layers take float32
+                    impl_spec.update(cases=["vision", "caption", "decode"], ours_dtype=reference_dtype)
+                res = launch(impl_spec, workdir, f"{impl}-{r}", check=impl != "ours-int8")
                 if res is not None:
                     rounds[impl].append(res)
         results = {impl: merge_rounds(rounds[impl]) for impl in ("reference", "ours")}
@@ -777,6 +1032,8 @@ def main(argv: list[str] | None = None) -> None:
             "n_params": n_params,
             "dtype": args.dtype,
             "machine": machine_info(device, threads),
+            "limits": limits,
+            "costs": costs,
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "wall_s": time.perf_counter() - began,
         }
