@@ -87,8 +87,13 @@ def _resolve_ties(state: StateDict) -> StateDict:
     return state
 
 
-def load_state_dict_strict(model: Florence2Model, state: StateDict) -> None:
-    """Copy ``state`` (our key names) into ``model``, failing on any missing/unexpected/misshaped key."""
+def load_state_dict_strict(model: Florence2Model, state: StateDict, *, take: bool = False) -> None:
+    """Copy ``state`` (our key names) into ``model``, failing on any missing/unexpected/misshaped key.
+
+    ``take``: a tensor of the model's dtype and layout becomes the model's tensor instead of being
+    copied (for a model just built to receive ``state``: its own tensors are never touched, which
+    saves writing every weight once; ties between parameters are kept, since each parameter object
+    stays the same and only its data is replaced)."""
     state = _resolve_ties(dict(state))
     expected = model.state_dict()
     if _TEMPORAL not in state and _TEMPORAL in expected:
@@ -110,9 +115,30 @@ def load_state_dict_strict(model: Florence2Model, state: StateDict) -> None:
         problems.append(f"wrong shapes ({len(wrong)}): {'; '.join(wrong[:20])}")
     if problems:
         raise CheckpointError("checkpoint does not match the model config:\n  " + "\n  ".join(problems))
+    taken: set[int] = set()  # storages already given to a parameter: a second one gets a copy
     with torch.no_grad():
         for key, target in expected.items():
-            target.copy_(state[key].to(target.dtype))
+            source = state[key]
+            if source.data_ptr() == target.data_ptr():
+                continue  # a tied parameter, already given this tensor under its other name
+            storage = source.untyped_storage().data_ptr()
+            if take and storage not in taken and _can_take(source, target):
+                owner, _, name = key.rpartition(".")
+                getattr(model.get_submodule(owner), name).data = source
+                taken.add(storage)
+            else:
+                target.copy_(source.to(target.dtype))
+
+
+def _can_take(source: torch.Tensor, target: torch.Tensor) -> bool:
+    return (
+        source.dtype == target.dtype
+        and source.device == target.device
+        and source.is_contiguous()
+        and source.storage_offset() == 0
+        and source.numel() * source.element_size() == source.untyped_storage().nbytes()
+        and not source.requires_grad
+    )
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -207,7 +233,7 @@ def load_model(
     dtype = parse_dtype(dtype, device)
     with _without_init():  # uninitialised tensors: the checkpoint fills every one
         model = Florence2Model(config)
-    load_state_dict_strict(model, state)
+    load_state_dict_strict(model, state, take=True)
     return model.to(device=device or "cpu", dtype=dtype).eval()
 
 

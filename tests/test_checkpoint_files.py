@@ -95,3 +95,51 @@ def test_checkpoint_files_are_readable_by_others(tmp_path):
     for file in folder.iterdir():
         assert stat.S_IMODE(file.stat().st_mode) & 0o044 == 0o044, file.name
     assert stat.S_IMODE(folder.stat().st_mode) & 0o055 == 0o055
+
+
+def test_loading_takes_the_read_tensors_and_keeps_every_parameter_its_own(tmp_path, monkeypatch):
+    """load_model gives the model the tensors it read (no second copy of the weights) where their
+    dtype matches, and never lets two distinct parameters share memory: a checkpoint that stores one
+    tensor under two untied names still loads into two independent parameters."""
+    from florence2 import weights
+    from tests.checkpoints import write_native
+
+    model = random_model(tiny_config())
+    write_native(model, tmp_path / "ckpt")
+    read = {}
+    real_read = weights.read_weights
+
+    def remember(folder):
+        state = real_read(folder)
+        read.update(state)
+        return state
+
+    monkeypatch.setattr(weights, "read_weights", remember)
+    loaded = load_model(tmp_path / "ckpt")
+    ptrs = {t.data_ptr() for t in read.values()}
+    params = dict(loaded.named_parameters())
+    taken = [name for name, p in params.items() if p.data_ptr() in ptrs]
+    assert len(taken) == len(params)  # every float32 parameter is a tensor that was read, not a copy
+    for name, p in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], p)
+
+    # one tensor under two names the model does not tie: the second parameter gets a copy
+    first, second = "language_model.encoder.layers.0.fc1.bias", "language_model.decoder.layers.0.fc1.bias"
+    shared = torch.randn_like(model.state_dict()[first])
+
+    real_convert = weights.convert_state_dict
+
+    def same_tensor_twice(folder):
+        state = real_convert(real_read(folder))
+        state[first] = state[second] = shared
+        return state
+
+    monkeypatch.setattr(weights, "read_weights", same_tensor_twice)
+    monkeypatch.setattr(weights, "convert_state_dict", lambda state: state)
+    twice = load_model(tmp_path / "ckpt")
+    a, b = twice.get_parameter(first), twice.get_parameter(second)
+    before = shared.clone()
+    assert torch.equal(a, before) and torch.equal(b, before) and a.data_ptr() != b.data_ptr()
+    with torch.no_grad():
+        a.add_(1.0)
+    assert torch.equal(b, before)
