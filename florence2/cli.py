@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from florence2.config import add_device_arguments
 from florence2.errors import Florence2Error
 from florence2.progress import progress_bar
 from florence2.sources import IMAGE_SUFFIXES, find_images
@@ -201,13 +202,7 @@ def add_predict_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--score-threshold", type=float, help="drop regions scoring below this (0..1)")
     p.add_argument("--nms-iou", type=float, help="per-label non-maximum suppression at this IoU")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default cpu)")
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "float16", "bfloat16", "auto"],
-        help="auto: bfloat16 where the CPU (AMX, AVX512-BF16) or GPU has it natively, else float32 (old GPUs: float16)",
-    )
+    add_device_arguments(p)
     p.add_argument("--quantize", choices=["int8"], help="int8 linear layers (CPU): faster, slightly less exact")
     p.add_argument(
         "--backend",

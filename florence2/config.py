@@ -286,3 +286,19 @@ class DecodingOptions:
     def total_length(self) -> int:
         """Decoder length bound: start token + new tokens, within the decoder's positions."""
         return min(1 + self.max_new_tokens, self.max_length)
+
+
+# --- the options of every command that loads a model ----------------------------------------------
+
+DTYPE_CHOICES = ("float32", "float16", "bfloat16", "auto")
+
+
+def add_device_arguments(parser: Any) -> None:
+    """``--device`` and ``--dtype`` on an argparse parser (``florence2 predict``, ``serve``, ``label``)."""
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default cpu)")
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        choices=DTYPE_CHOICES,
+        help="auto: bfloat16 where the CPU (AMX, AVX512-BF16) or GPU has it natively, else float32 (old GPUs: float16)",
+    )

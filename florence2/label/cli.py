@@ -17,6 +17,7 @@ import json
 import sys
 from typing import Any
 
+from florence2.config import add_device_arguments
 from florence2.label.api import label
 from florence2.label.engine import PRESETS
 from florence2.label.filters import Filters
@@ -87,13 +88,7 @@ def add_label_parser(sub: Any) -> None:
     p.add_argument("--ray-address", help="the Ray cluster to join (default $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs each actor takes")
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="ray: CPUs each actor takes")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default cpu)")
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "float16", "bfloat16", "auto"],
-        help="auto: bfloat16 where the CPU (AMX, AVX512-BF16) or GPU has it natively, else float32 (old GPUs: float16)",
-    )
+    add_device_arguments(p)
     p.add_argument("--quantize", choices=["int8"], help="int8 linear layers (CPU)")
     video = p.add_mutually_exclusive_group()
     video.add_argument("--video-fps", type=float, help="frames sampled per second of video (default 1)")

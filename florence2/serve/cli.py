@@ -7,6 +7,7 @@ import ipaddress
 import os
 import sys
 
+from florence2.config import add_device_arguments
 from florence2.errors import Florence2Error
 from florence2.serve.settings import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IMAGE_PIXELS, ServeSettings
 
@@ -17,13 +18,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="checkpoint folder (either public layout) or hub id; default: embedded model")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default cpu)")
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "float16", "bfloat16", "auto"],
-        help="auto: bfloat16 where the CPU (AMX, AVX512-BF16) or GPU has it natively, else float32 (old GPUs: float16)",
-    )
+    add_device_arguments(p)
     p.add_argument(
         "--api-key", default=None, help=f"require this key on /v1/* and /metrics (default: ${API_KEY_ENV}, if set)"
     )
