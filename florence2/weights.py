@@ -93,7 +93,9 @@ def load_state_dict_strict(model: Florence2Model, state: StateDict, *, take: boo
     ``take``: a tensor of the model's dtype and layout becomes the model's tensor instead of being
     copied (for a model just built to receive ``state``: its own tensors are never touched, which
     saves writing every weight once; ties between parameters are kept, since each parameter object
-    stays the same and only its data is replaced)."""
+    stays the same and only its data is replaced). safetensors maps the file privately, so the
+    weights are read from it on first use, as transformers does, and writing to them never changes
+    the file."""
     state = _resolve_ties(dict(state))
     expected = model.state_dict()
     if _TEMPORAL not in state and _TEMPORAL in expected:

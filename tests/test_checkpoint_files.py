@@ -122,6 +122,12 @@ def test_loading_takes_the_read_tensors_and_keeps_every_parameter_its_own(tmp_pa
     assert len(taken) == len(params)  # every float32 parameter is a tensor that was read, not a copy
     for name, p in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], p)
+    # the tensors may be mapped from the file: changing the model must never change the checkpoint
+    file_bytes = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+    with torch.no_grad():
+        for p in loaded.parameters():
+            p.add_(1.0)
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == file_bytes
 
     # one tensor under two names the model does not tie: the second parameter gets a copy
     first, second = "language_model.encoder.layers.0.fc1.bias", "language_model.decoder.layers.0.fc1.bias"
