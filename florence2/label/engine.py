@@ -592,6 +592,19 @@ class LabelJob:
     def model_name(self) -> str:
         return str(self.model) if self.model is not None else "embedded"
 
+    def labeler(self, predictor: Florence2, workers: int = 2) -> Labeler:
+        """The job's labeler (plan, filters, merging, batch size, decoding) around ``predictor``,
+        with ``workers`` reading threads."""
+        return Labeler(
+            predictor,
+            self.plan,
+            filters=self.filters,
+            merge_iou=self.merge_iou,
+            batch_size=self.batch_size,
+            workers=workers,
+            decoding=self.decoding,
+        )
+
 
 def label_locally(job: LabelJob) -> LabelSummary:
     """The local engine: this process reads (``job.workers`` threads) and runs the model."""
@@ -601,15 +614,7 @@ def label_locally(job: LabelJob) -> LabelSummary:
     else:
         predictor = Florence2.from_pretrained(model, device=job.device, dtype=job.dtype, quantize=job.quantize)
         model_name, fingerprint = job.model_name, model_fingerprint(job.model_folder, predictor)
-    labeler = Labeler(
-        predictor,
-        job.plan,
-        filters=job.filters,
-        merge_iou=job.merge_iou,
-        batch_size=job.batch_size,
-        workers=job.workers,
-        decoding=job.decoding,
-    )
+    labeler = job.labeler(predictor, workers=job.workers)
     with DatasetStore(job.out, create=True) as store:
         run, resumed = store.run_for(labeler.settings(model_name, fingerprint), new_run=job.new_run)
         summary = LabelSummary(dataset=str(job.out), run=run, resumed=resumed, total=0)

@@ -34,7 +34,6 @@ from florence2.config import DecodingOptions
 from florence2.errors import Florence2Error
 from florence2.image import ImageProcessor, PreparedImage
 from florence2.label.engine import (
-    Labeler,
     LabelJob,
     LabelSummary,
     _Item,
@@ -106,14 +105,7 @@ class LabelWorker:
         if device is None and torch.cuda.is_available():
             device = "cuda"
         predictor = Florence2.from_pretrained(folder, device=device, dtype=job.dtype, quantize=job.quantize)
-        self.labeler = Labeler(
-            predictor,
-            job.plan,
-            filters=job.filters,
-            merge_iou=job.merge_iou,
-            batch_size=job.batch_size,
-            decoding=job.decoding,
-        )
+        self.labeler = job.labeler(predictor)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = []
