@@ -119,14 +119,15 @@ def load_state_dict_strict(model: Florence2Model, state: StateDict, *, take: boo
         raise CheckpointError("checkpoint does not match the model config:\n  " + "\n  ".join(problems))
     taken: set[int] = set()  # storages already given to a parameter: a second one gets a copy
     with torch.no_grad():
-        for key, target in expected.items():
+        for key in expected:
             source = state[key]
+            owner, _, name = key.rpartition(".")
+            target = getattr(model.get_submodule(owner), name)  # now, not as it was before the loop
             if source.data_ptr() == target.data_ptr():
                 continue  # a tied parameter, already given this tensor under its other name
             storage = source.untyped_storage().data_ptr()
             if take and storage not in taken and _can_take(source, target):
-                owner, _, name = key.rpartition(".")
-                getattr(model.get_submodule(owner), name).data = source
+                target.data = source
                 taken.add(storage)
             else:
                 target.copy_(source.to(target.dtype))
