@@ -13,7 +13,9 @@ Each round ``k`` (1, 2, ...):
    (``tta``, default its mirror image), the views' boxes fused (:mod:`florence2.label.tta`);
 2. **keep** the labels whose fused score reaches the round's threshold: ``threshold="auto"`` takes
    the score that splits the round's fused scores in two (those every view agreed on, and the rest:
-   :func:`~florence2.label.tta.split_threshold`), or a fixed number; exported as JSON lines;
+   :func:`~florence2.label.tta.split_threshold`), or a fixed number; with ``keep="images"``, an
+   image's boxes are kept only when every one of them reaches it (the views agree on the whole
+   image), else none of them (its other tasks' labels stay); exported as JSON lines;
 3. **fine-tune** the current model on the kept labels (and on ``labeled``, human-labeled dataset
    specs, when given) with :func:`florence2.train.finetune.finetune`: the next round's model;
 4. **measure**, when the images have ground truth (a synthetic split's ``annotations.jsonl``, which
@@ -50,6 +52,7 @@ from florence2.train.finetune import FinetuneConfig, finetune
 from florence2.train.plot import plot_metrics
 
 REPORT = "report.json"
+KEEP_MODES = ("regions", "images")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class RefineConfig:
     tasks: tuple[str, ...] = ("<OD>",)
     tta: tuple[str, ...] = ("flip",)
     threshold: float | str = "auto"
+    keep: str = "regions"  # "regions": each box that reaches the threshold; "images": all of an image's or none
     labeled: tuple[str, ...] = ()  # data specs of human-labeled sets, mixed into every round
     steps: int = 600
     batch_size: int = 16
@@ -86,6 +90,8 @@ class RefineConfig:
             raise ValueError(f"threshold must be 'auto' or a number in [0, 1], got {self.threshold!r}")
         if not self.images:
             raise ValueError("no images to refine on")
+        if self.keep not in KEEP_MODES:
+            raise ValueError(f"keep must be one of {KEEP_MODES}, got {self.keep!r}")
 
 
 @dataclass
@@ -98,6 +104,7 @@ class Round:
     labeled_images: int = 0
     kept_regions: int = 0
     dropped_regions: int = 0
+    dropped_images: int = 0  # images whose boxes were all dropped for one below the threshold (keep="images")
     plain: dict[str, float] = field(default_factory=dict)  # one plain pass vs ground truth
     kept: dict[str, float] = field(default_factory=dict)  # the kept labels vs ground truth
     eval: dict[str, Any] = field(default_factory=dict)  # the model's held-out figures
@@ -184,8 +191,9 @@ def _round(k: int, model: str | None, config: RefineConfig, out: Path, truth: di
         records = list(store.records(summary.run))
     threshold = _threshold(records, config)
     figures.threshold = threshold
+    doubtful = _doubtful(records, config, threshold)
     if truth:
-        figures.kept = _quality(records, truth, config, threshold)
+        figures.kept = _quality([r for r in records if r["id"] not in doubtful], truth, config, threshold)
         started = time.perf_counter()
         figures.plain = _plain_quality(model, records, truth, config)
         figures.seconds["quality"] = round(time.perf_counter() - started, 1)
@@ -196,6 +204,11 @@ def _round(k: int, model: str | None, config: RefineConfig, out: Path, truth: di
         )
         figures.dropped_regions = sum(n for reasons in exported["dropped"].values() for n in reasons.values())
         figures.kept_regions = sum(split["regions"] for split in exported["splits"].values())
+        if doubtful:
+            dropped = _drop_boxes(labels / "labels.jsonl", doubtful, config)
+            figures.dropped_images = len(doubtful)
+            figures.kept_regions -= dropped
+            figures.dropped_regions += dropped
     started = time.perf_counter()
     train = folder / "train"
     finetune(
@@ -228,6 +241,37 @@ def _threshold(records: Sequence[dict], config: RefineConfig) -> float:
         return float(config.threshold)
     scores = [s for r in records for task in config.tasks for s in _scores(r["results"].get(task), task)]
     return split_threshold(scores) or 0.0
+
+
+def _doubtful(records: Sequence[dict], config: RefineConfig, threshold: float) -> set[str]:
+    """With ``keep="images"``: the ids of the images whose box tasks gave no box, or a box scoring
+    below ``threshold`` (the views did not agree on all of it); else none."""
+    if config.keep != "images":
+        return set()
+    doubtful = set()
+    for record in records:
+        scores = [_scores(record["results"].get(task), task) for task in config.tasks if task in FUSED_TASKS]
+        if any(not found or min(found) < threshold for found in scores):
+            doubtful.add(record["id"])
+    return doubtful
+
+
+def _drop_boxes(path: Path, doubtful: set[str], config: RefineConfig) -> int:
+    """Remove the box tasks' results of the ``doubtful`` images from an exported JSON-lines file
+    (their other results stay); returns the number of boxes removed."""
+    lines, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        item = json.loads(line)
+        if item["id"] in doubtful:
+            for task in [t for t in config.tasks if t in FUSED_TASKS and t in item["results"]]:
+                dropped += len(item["results"].pop(task).get(FUSED_TASKS[task][0], []))
+            if not item["results"]:
+                continue
+        lines.append(json.dumps(item))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    tmp.replace(path)
+    return dropped
 
 
 def _scores(result: Any, task: str) -> list[float]:
@@ -383,6 +427,12 @@ def add_engine_parser(sub: Any) -> None:
     r.add_argument("--task", action="append", help="task labeled and trained (default <OD>; repeatable)")
     r.add_argument("--tta", action="append", help="extra view fused with each image (default flip; 'none' for none)")
     r.add_argument("--threshold", default="auto", help="'auto' (the split of the fused scores) or a score")
+    r.add_argument(
+        "--keep",
+        choices=KEEP_MODES,
+        default="regions",
+        help="regions: every box reaching the threshold; images: an image's boxes only when all of them reach it",
+    )
     r.add_argument("--labeled", action="append", default=[], help="a human-labeled data spec mixed into every round")
     r.add_argument("--steps", type=int, default=600, help="fine-tuning steps per round")
     r.add_argument("--batch-size", type=int, default=16)
@@ -412,6 +462,7 @@ def cmd_refine(args: argparse.Namespace) -> int:
         tasks=tuple(get_task(t).token for t in args.task or ["<OD>"]),
         tta=tta,
         threshold=threshold,
+        keep=args.keep,
         labeled=tuple(args.labeled),
         steps=args.steps,
         batch_size=args.batch_size,

@@ -63,3 +63,27 @@ def test_the_command_refuses_a_run_folder_with_other_settings(scenes, tmp_path, 
     assert main(argv) == 0
     assert main([*argv[:-2], "--threshold", "0.5"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_keep_images_keeps_an_image_s_boxes_only_when_all_reach_the_threshold(scenes, tmp_path):
+    config = RefineConfig(
+        out=str(tmp_path / "run"),
+        images=(str(scenes),),
+        rounds=1,
+        steps=1,
+        batch_size=2,
+        keep="images",
+        quality_images=12,
+    )
+    first = refine(config)[1]
+    threshold = first["threshold"]
+    with DatasetStore(tmp_path / "run" / "dataset") as store:
+        fused = {r["id"]: r["results"]["<OD>"]["scores"] for r in store.records(1)}
+    agreed = {i for i, scores in fused.items() if scores and min(scores) >= threshold}
+    lines = [json.loads(line) for line in (tmp_path / "run" / "round-1" / "labels" / "labels.jsonl").open()]
+    with_boxes = {line["id"] for line in lines if "<OD>" in line["results"]}
+    assert with_boxes == agreed  # all of an image's boxes, or none of them
+    assert first["dropped_images"] == 12 - len(agreed) > 0
+    assert first["kept_regions"] == sum(len(fused[i]) for i in agreed) == first["kept"]["boxes"]
+    with pytest.raises(ValueError, match="keep must be"):
+        RefineConfig(out="x", images=("y",), keep="boxes")
