@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -199,16 +200,21 @@ def _round(k: int, model: str | None, config: RefineConfig, out: Path, truth: di
         figures.seconds["quality"] = round(time.perf_counter() - started, 1)
     labels = folder / "labels"
     if not (labels / "labels.jsonl").is_file():
+        # written beside, then renamed: a round killed part way writes its labels again when rerun
+        partial = folder / "labels.partial"
+        shutil.rmtree(partial, ignore_errors=True)
         exported = export_dataset(
-            out / "dataset", labels, "jsonl", run=summary.run, filters=Filters(min_score=threshold), images="none"
+            out / "dataset", partial, "jsonl", run=summary.run, filters=Filters(min_score=threshold), images="none"
         )
         figures.dropped_regions = sum(n for reasons in exported["dropped"].values() for n in reasons.values())
         figures.kept_regions = sum(split["regions"] for split in exported["splits"].values())
         if doubtful:
-            dropped = _drop_boxes(labels / "labels.jsonl", doubtful, config)
+            dropped = _drop_boxes(partial / "labels.jsonl", doubtful, config)
             figures.dropped_images = len(doubtful)
             figures.kept_regions -= dropped
             figures.dropped_regions += dropped
+        shutil.rmtree(labels, ignore_errors=True)
+        partial.rename(labels)
     started = time.perf_counter()
     train = folder / "train"
     finetune(
@@ -268,9 +274,7 @@ def _drop_boxes(path: Path, doubtful: set[str], config: RefineConfig) -> int:
             if not item["results"]:
                 continue
         lines.append(json.dumps(item))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    tmp.replace(path)
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return dropped
 
 

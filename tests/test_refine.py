@@ -87,3 +87,23 @@ def test_keep_images_keeps_an_image_s_boxes_only_when_all_reach_the_threshold(sc
     assert first["kept_regions"] == sum(len(fused[i]) for i in agreed) == first["kept"]["boxes"]
     with pytest.raises(ValueError, match="keep must be"):
         RefineConfig(out="x", images=("y",), keep="boxes")
+
+
+def test_a_round_killed_while_writing_its_labels_writes_them_again(scenes, tmp_path, monkeypatch):
+    import florence2.refine as refine_module
+
+    config = RefineConfig(
+        out=str(tmp_path / "run"), images=(str(scenes),), rounds=1, steps=1, batch_size=2, keep="images"
+    )
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies after the export, before the doubtful images' boxes go
+
+    monkeypatch.setattr(refine_module, "_drop_boxes", killed)
+    with pytest.raises(KeyboardInterrupt):
+        refine(config)
+    monkeypatch.undo()
+    first = refine(config)[1]
+    lines = [json.loads(line) for line in (tmp_path / "run" / "round-1" / "labels" / "labels.jsonl").open()]
+    boxes = [s for line in lines for s in line["results"].get("<OD>", {}).get("scores", [])]
+    assert boxes and min(boxes) >= first["threshold"] and first["dropped_images"] > 0
