@@ -10,14 +10,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("ray", reason="the ray engine needs the 'ray' extra")
 
 from florence2.data.synthetic import write_split  # noqa: E402
 from florence2.label import DatasetStore  # noqa: E402
+from florence2.label.engine import LabelSummary  # noqa: E402
+from florence2.label.ray_engine import _outcome_columns, record_batch  # noqa: E402
+from florence2.label.store import Outcome  # noqa: E402
 from tests.test_label import assert_same_labels, committed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +84,33 @@ def test_the_ray_and_local_engines_make_the_same_records(sources, tmp_path):
         assert_same_labels(results, ray_done[image_id][3])
     with DatasetStore(tmp_path / "ray") as store:
         assert store.runs()[0]["settings"] == DatasetStore(tmp_path / "local").runs()[0]["settings"]
+
+
+def test_one_image_under_two_names_in_one_block_of_two_workers_batches_is_labeled_once(tmp_path):
+    """Ray may hand the driver two workers' batches as one block: the same image labeled under two
+    names by two workers then arrives together, and is recorded once with both names."""
+
+    def labeled(name: str) -> Outcome:
+        source = {"path": f"/photos/{name}"}
+        results = {"<OD>": {"bboxes": [[1.0, 2.0, 3.0, 4.0]], "labels": ["cat"], "scores": [0.5]}}
+        return Outcome(f"/photos/{name}", source, "1", "same-bytes", 10, 10, results, seconds=0.1)
+
+    first = _outcome_columns([labeled("a.png")], Counter())
+    second = _outcome_columns([labeled("b.png"), labeled("c.png")], Counter({("<OD>", "small"): 2}))
+    block = {name: np.concatenate([first[name], second[name]]) for name in first}
+    summary = LabelSummary(dataset=str(tmp_path), run=1, resumed=False, total=3)
+    with DatasetStore(tmp_path / "ds", create=True) as store:
+        run, _ = store.run_for({"model": "test"})
+        outcomes, drops = record_batch(store, run, block, summary, retry_failed=False)
+        assert (summary.labeled, summary.duplicates, summary.failed) == (1, 2, 0)
+        assert [o.alias_only for o in outcomes] == [False, True, True] and drops == {("<OD>", "small"): 2}
+        assert store.counts(run) == {"images": 1, "failed": 0}
+        names = [s["path"] for s in store.sources_of("same-bytes")]
+        assert names == ["/photos/a.png", "/photos/b.png", "/photos/c.png"]
+        # the next block meets it as labeled
+        again = _outcome_columns([labeled("d.png")], Counter())
+        record_batch(store, run, again, summary, retry_failed=False)
+        assert (summary.labeled, summary.duplicates) == (1, 3) and store.counts(run)["images"] == 1
 
 
 def test_killing_the_ray_driver_then_the_same_command_labels_every_image_once(sources, tmp_path):

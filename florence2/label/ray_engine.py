@@ -209,12 +209,7 @@ def label_with_ray(job: LabelJob) -> LabelSummary:
                 _start(ray, job.ray_address)
                 drops: Counter = Counter()
                 for batch in _pipeline(ray, todo, job, str(folder)).iter_batches(batch_size=None, batch_format="numpy"):
-                    outcomes, batch_drops = _outcomes(batch)
-                    known = store.labeled_images(run, [o.image_id for o in outcomes], job.retry_failed)
-                    for outcome in outcomes:
-                        if outcome.image_id in known:  # labeled by another batch under another name
-                            outcome.alias_only, outcome.results, outcome.error = True, None, None
-                    record(store, run, outcomes, batch_drops, summary)
+                    outcomes, batch_drops = record_batch(store, run, batch, summary, job.retry_failed)
                     drops.update(batch_drops)
                     bar.update(sum(1 + len(o.aliases) for o in outcomes))
                     bar.set_postfix(failed=summary.failed)
@@ -222,6 +217,24 @@ def label_with_ray(job: LabelJob) -> LabelSummary:
                     summary.dropped.setdefault(task, {})[reason] = count
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def record_batch(
+    store: DatasetStore, run: int, batch: Mapping[str, np.ndarray], summary: LabelSummary, retry_failed: bool
+) -> tuple[list[Outcome], Counter]:
+    """Write one batch of labeled rows that Ray handed the driver, in one transaction, and count it.
+
+    An image the run has a record of (labeled by an earlier batch under another name), or one met
+    earlier in this batch (Ray may hand the driver several workers' batches as one, so the same
+    image under two names can arrive together, each labeled), records only its name."""
+    outcomes, drops = _outcomes(batch)
+    seen = store.labeled_images(run, [o.image_id for o in outcomes], retry_failed)
+    for outcome in outcomes:
+        if outcome.image_id in seen:
+            outcome.alias_only, outcome.results, outcome.error = True, None, None
+        seen.add(outcome.image_id)
+    record(store, run, outcomes, drops, summary)
+    return outcomes, drops
 
 
 def _start(ray: Any, address: str | None) -> None:
