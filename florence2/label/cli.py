@@ -22,6 +22,7 @@ from florence2.label.api import label
 from florence2.label.engine import PRESETS
 from florence2.label.filters import Filters
 from florence2.label.store import DatasetStore
+from florence2.label.tracks import DEFAULT_GAP, DEFAULT_IOU
 
 
 def _add_filter_arguments(p: argparse.ArgumentParser) -> None:
@@ -167,14 +168,18 @@ def add_dataset_parser(sub: Any) -> None:
 
     e = commands.add_parser("export", help="write the dataset for other tools (and florence2 finetune)")
     e.add_argument("dataset")
-    e.add_argument("--format", required=True, help="coco, yolo, jsonl, captions or parquet")
+    e.add_argument("--format", required=True, help="coco, yolo, jsonl, captions, parquet or mot (video tracks)")
     e.add_argument("--out", required=True, help="the export folder")
     e.add_argument("--run", type=int, help="a run id (default: the latest)")
-    e.add_argument("--task", help="the task whose boxes (coco, yolo) or captions (captions) are exported")
+    e.add_argument("--task", help="the task whose boxes (coco, yolo, mot) or captions (captions) are exported")
     e.add_argument("--val-fraction", type=float, default=0.0, help="share of images in a val split (by image id)")
     e.add_argument("--seed", type=int, default=0, help="seed of the split")
     e.add_argument(
         "--images", choices=["link", "copy", "none"], default="link", help="how image files go into the export"
+    )
+    e.add_argument("--track-iou", type=float, default=DEFAULT_IOU, help="mot: least IoU to continue a track")
+    e.add_argument(
+        "--track-gap", type=int, default=DEFAULT_GAP, help="mot: sampled frames in a row a track may miss and go on"
     )
     _add_filter_arguments(e)
     e.set_defaults(func=cmd_export)
@@ -228,6 +233,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         seed=args.seed,
         images=args.images,
+        track_iou=args.track_iou,
+        track_gap=args.track_gap,
         filters=_filters(args),
     )
     print(json.dumps(summary, ensure_ascii=False, indent=2))

@@ -1,4 +1,5 @@
-"""Exports of a labeled dataset: its records written as COCO, YOLO, JSON lines, captions or Parquet.
+"""Exports of a labeled dataset: its records written as COCO, YOLO, JSON lines, captions, Parquet or
+video tracks (MOTChallenge).
 
 :func:`export_records` takes the records a :class:`~florence2.label.store.DatasetStore` yields
 (``id``, ``source``, ``width``, ``height``, ``results``) and writes them into a new folder in one of
@@ -20,6 +21,7 @@ format        files
 ``jsonl``     ``labels.jsonl`` (``SPLIT.jsonl``), ``images/NAME``
 ``captions``  ``NAME``, ``ID[:16].txt`` and ``captions.jsonl`` at the top (in ``SPLIT/`` when split)
 ``parquet``   ``labels.parquet`` (``SPLIT.parquet``), ``images/NAME``
+``mot``       ``SEQ.txt`` and ``SEQ/img1/FRAME.png`` per video, ``tracks.json``
 ============  ====================================================================================
 
 * ``coco``: one COCO detection file per split: ``images`` (ids from 1, ``file_name`` relative to
@@ -43,8 +45,19 @@ format        files
   ``image``, ``results`` (JSON of the task results), ``extras`` (JSON of the other keys, or null),
   ``caption``, ``detailed_caption``, ``more_detailed_caption`` (the text, or null) and
   ``num_regions`` (boxes, quads and polygons over all tasks).
+* ``mot``: the boxes of each video's labeled frames linked into tracks
+  (:func:`florence2.label.tracks.link_tracks`, ``track_iou`` and ``track_gap``), one file per video
+  in the MOTChallenge text layout that tracking tools (TrackEval, motmetrics) read:
+  ``frame,id,left,top,width,height,score,-1,-1,-1`` a box, ``frame`` the video's frame index + 1
+  and ``score`` -1 where the record has none. ``SEQ`` is the video's file name without its suffix
+  (and 8 characters of a digest of its path where two videos share one). With images, the labeled
+  frames as ``SEQ/img1/FRAME.png`` (``FRAME`` six digits). ``tracks.json``: the task, the tracking
+  settings, the labels, and per video its path, sequence, file, frames and tracks (``id``,
+  ``label``, ``first_frame``, ``last_frame``, ``frames``, ``mean_score``). Frames are placed by
+  every name an image was found under (a frame identical to another is labeled once);
+  records of no video frame are left out; the export takes no val split.
 
-Which task: ``coco`` and ``yolo`` take the regions of ``task``, by default the first of
+Which task: ``coco``, ``yolo`` and ``mot`` take the regions of ``task``, by default the first of
 :data:`BOX_TASKS` that any record holds; any task answering with regions may be named (a region
 without a label, as region proposals give, is called :data:`UNLABELLED`). ``captions`` takes
 ``task``, by default the first of :data:`CAPTION_TASKS` that any record holds. A record without
@@ -78,6 +91,7 @@ from florence2.data.formats.coco import coco_instances
 from florence2.data.formats.mixture import held_out_names
 from florence2.data.formats.validate import is_number, polygon_area, write_json
 from florence2.errors import Florence2Error, ImageLoadError, TaskError
+from florence2.label.tracks import DEFAULT_GAP, DEFAULT_IOU, check_tracking, link_tracks
 from florence2.scoring import REGION_KEYS, bounding_box
 from florence2.sources import IMAGE_SUFFIXES
 from florence2.tasks import TASKS, ResultType, get_task
@@ -264,6 +278,8 @@ class Export:
     images: str
     task: str | None
     summary: dict[str, Any] = field(default_factory=dict)
+    track_iou: float = DEFAULT_IOU
+    track_gap: int = DEFAULT_GAP
 
     def in_split(self, split: str) -> list[Item]:
         return [item for item in self.items if item.split == split]
@@ -567,6 +583,93 @@ def write_parquet_export(ex: Export) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # The registry
+def write_mot_export(ex: Export) -> None:
+    """Per video, its boxes linked into tracks: ``SEQ.txt`` (MOTChallenge), ``SEQ/img1/``, and
+    ``tracks.json`` over all videos."""
+    if len(ex.splits) > 1:
+        raise ExportError("the mot export keeps every video whole: it takes no val split")
+    items, found, labels = ex.box_regions()
+    videos: dict[str, dict[int, tuple[Item, dict[str, Any]]]] = {}
+    for item in items:
+        frames = [s for s in (item.record["source"], *item.record.get("names", ())) if _is_frame(s)]
+        if not frames:
+            ex.skip(item, "no video frame")
+        for source in frames:
+            videos.setdefault(source["video"], {}).setdefault(source["frame"], (item, source))
+    sequences = _sequence_names(videos)
+    ex.out.mkdir(parents=True, exist_ok=True)
+    documents = []
+    for video in sorted(videos):
+        frames, sequence = sorted(videos[video].items()), sequences[video]
+        boxes = [[(region.box, region.label) for region in found[item.id]] for _, (item, _) in frames]
+        lines, tracks = [], {}
+        for (index, (item, source)), ids in zip(frames, link_tracks(boxes, ex.track_iou, ex.track_gap)):
+            for region, track in zip(found[item.id], ids):
+                x0, y0, x1, y1 = region.box
+                score = -1 if region.score is None else round(region.score, 4)
+                lines.append(f"{index + 1},{track},{x0:.2f},{y0:.2f},{x1 - x0:.2f},{y1 - y0:.2f},{score},-1,-1,-1")
+                first = {"id": track, "label": region.label, "first_frame": index, "last_frame": index, "scores": []}
+                seen = tracks.setdefault(track, first)
+                seen["last_frame"] = index
+                seen["scores"].append(region.score)
+            ex.count("train", len(ids))
+            if ex.images != "none":
+                try:
+                    dest = ex.out / sequence / "img1" / f"{index + 1:06d}.png"
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    _write_image(source, dest)
+                    ex.summary["image_files"] += 1
+                except _Skip as e:
+                    ex.skip(item, str(e))
+        path = ex.out / f"{sequence}.txt"
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        ex.wrote(path)
+        documents.append(
+            {
+                "video": video,
+                "sequence": sequence,
+                "file": path.name,
+                "frames": len(frames),
+                "tracks": [_track_summary(track) for track in tracks.values()],
+            }
+        )
+    document = {"task": ex.summary["task"], "iou": ex.track_iou, "max_gap": ex.track_gap, "labels": labels}
+    ex.wrote(write_json(ex.out / "tracks.json", {**document, "videos": documents}))
+
+
+def _is_frame(source: Any) -> bool:
+    return (
+        isinstance(source, dict)
+        and isinstance(source.get("video"), str)
+        and isinstance(source.get("frame"), int)
+        and not isinstance(source.get("frame"), bool)
+        and source["frame"] >= 0
+    )
+
+
+def _sequence_names(videos: Iterable[str]) -> dict[str, str]:
+    """Video path -> its sequence name: the file name without its suffix, with 8 characters of a
+    digest of the path where two videos share that name."""
+    import hashlib
+
+    stems: dict[str, list[str]] = {}
+    for video in videos:
+        stem = Path(video).stem
+        stems.setdefault(stem if stem.strip(".") else "video", []).append(video)
+    names = {}
+    for stem, paths in stems.items():
+        for video in paths:
+            digest = hashlib.sha256(video.encode()).hexdigest()[:8]
+            names[video] = stem if len(paths) == 1 else f"{stem}-{digest}"
+    return names
+
+
+def _track_summary(track: dict[str, Any]) -> dict[str, Any]:
+    scores = track.pop("scores")
+    known = [score for score in scores if score is not None]
+    return {**track, "frames": len(scores), "mean_score": round(sum(known) / len(known), 4) if known else None}
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -579,6 +682,7 @@ class ExportFormat:
     write: Callable[[Export], None]
     needs_image_files: bool
     description: str
+    every_name: bool = False  # the writer reads each record's "names": every source its image was found under
 
 
 EXPORT_FORMATS: dict[str, ExportFormat] = {
@@ -589,6 +693,9 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
         ExportFormat("jsonl", write_jsonl_export, False, "JSON lines of every result (fine-tuning: labels:FILE)"),
         ExportFormat("captions", write_captions_export, True, "images with same-named .txt captions"),
         ExportFormat("parquet", write_parquet_export, False, "one Parquet row per image (needs pyarrow)"),
+        ExportFormat(
+            "mot", write_mot_export, False, "video tracks: MOTChallenge text per video, tracks.json", every_name=True
+        ),
     )
 }
 
@@ -602,14 +709,17 @@ def export_records(
     val_fraction: float = 0.0,
     seed: int = 0,
     images: str = "link",
+    track_iou: float = DEFAULT_IOU,
+    track_gap: int = DEFAULT_GAP,
 ) -> dict[str, Any]:
     """Write ``records`` into the new (or empty) folder ``out`` in the format ``fmt`` (see the module
-    docstring for layouts, tasks, splits and image modes) and return the summary.
+    docstring for layouts, tasks, splits and image modes) and return the summary. ``track_iou`` and
+    ``track_gap``: how ``mot`` links boxes into tracks (:func:`florence2.label.tracks.link_tracks`).
 
     Raises:
         ExportError: unknown format or image mode, ``images="none"`` for a format that needs image
             files, a fraction outside [0, 1), ``out`` not empty, a malformed record, no record with
-            the task, pyarrow missing for parquet.
+            the task, pyarrow missing for parquet, a val split or bad tracking settings for mot.
     """
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; formats: {', '.join(EXPORT_FORMATS)}")
@@ -621,6 +731,10 @@ def export_records(
     if not 0.0 <= val_fraction < 1.0:
         raise ExportError(f"val_fraction must be in [0, 1), got {val_fraction}")
     try:
+        check_tracking(track_iou, track_gap)
+    except Florence2Error as e:
+        raise ExportError(str(e)) from None
+    try:
         task = get_task(task).token if task is not None else None
     except TaskError as e:
         raise ExportError(str(e)) from None
@@ -629,7 +743,7 @@ def export_records(
         raise ExportError(f"{out} exists and is not an empty folder; export into a new one")
     items, skipped = _items(records, val_fraction, seed)
     splits = ("train", "val") if val_fraction > 0 else ("train",)
-    ex = Export(out, items, splits, images, task)
+    ex = Export(out, items, splits, images, task, track_iou=track_iou, track_gap=track_gap)
     ex.summary.update(
         format=fmt,
         out=str(out),
@@ -657,15 +771,19 @@ def export_dataset(
 
     ``filters``: a :class:`~florence2.label.filters.Filters` applied again on demand before writing
     (the regions it drops are counted by task and reason in the summary's ``dropped``); ``options``:
-    those of :func:`export_records` (``task``, ``val_fraction``, ``seed``, ``images``)."""
+    those of :func:`export_records` (``task``, ``val_fraction``, ``seed``, ``images``, ``track_iou``,
+    ``track_gap``)."""
     from collections import Counter
 
     from florence2.label.store import DatasetStore
 
     drops: Counter = Counter()
+    every_name = fmt in EXPORT_FORMATS and EXPORT_FORMATS[fmt].every_name
 
-    def filtered(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def filtered(records: Iterable[dict[str, Any]], store: DatasetStore) -> Iterator[dict[str, Any]]:
         for record in records:
+            if every_name:
+                record["names"] = store.sources_of(record["id"])
             if filters is not None:
                 results, dropped = filters.apply(record["results"], (record["width"], record["height"]))
                 drops.update(dropped)
@@ -673,7 +791,7 @@ def export_dataset(
             yield record
 
     with DatasetStore(dataset) as store:
-        summary = export_records(filtered(store.records(run)), out, fmt, **options)
+        summary = export_records(filtered(store.records(run), store), out, fmt, **options)
     summary["dropped"] = {}
     for (task, reason), count in sorted(drops.items()):
         summary["dropped"].setdefault(task, {})[reason] = count
