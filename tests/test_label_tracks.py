@@ -40,6 +40,7 @@ def test_a_box_continues_only_a_track_of_its_label():
     box = [10.0, 10.0, 50.0, 50.0]
     assert link_tracks([[(box, "cat")], [(box, "dog")], [(box, "cat")]], max_gap=0) == [[1], [2], [3]]
     assert link_tracks([[(box, "cat")], [(box, "dog")], [(box, "cat")]], max_gap=1) == [[1], [2], [1]]
+    assert link_tracks([[(box, "cat")], [(box, "dog")], [(box, "cat")]], max_gap=0, by_label=False) == [[1]] * 3
 
 
 @pytest.mark.parametrize(("max_gap", "returns_as"), [(0, 2), (1, 2), (2, 1), (5, 1)])
@@ -128,6 +129,20 @@ def test_each_video_becomes_a_mot_file_of_linked_boxes_and_tracks_json_says_what
     assert summary["splits"]["train"] == {"images": 4, "regions": 6} and summary["image_files"] == 0
 
 
+def test_with_any_label_a_renamed_object_stays_one_track_named_by_vote(tmp_path):
+    car = [10.0, 10.0, 60.0, 40.0]
+    names = ["truck", "car", "car", "truck", "car"]
+    records = [frame_record("/v/a.mp4", k, [moved(car, k)], [name]) for k, name in enumerate(names)]
+    export_records(records, tmp_path / "by-label", "mot", images="none")
+    export_records(records, tmp_path / "any", "mot", images="none", track_by_label=False)
+    by_label = json.loads((tmp_path / "by-label" / "tracks.json").read_text())
+    assert [(t["label"], t["frames"]) for t in by_label["videos"][0]["tracks"]] == [("truck", 2), ("car", 3)]
+    anyway = json.loads((tmp_path / "any" / "tracks.json").read_text())
+    assert anyway["by_label"] is False and by_label["by_label"] is True
+    assert [(t["label"], t["frames"]) for t in anyway["videos"][0]["tracks"]] == [("car", 5)]
+    assert {line[1] for line in read_mot(tmp_path / "any" / "a.txt")} == {1}
+
+
 def test_mot_settings_and_splits_are_checked(tmp_path):
     records = [frame_record("/v/a.mp4", 0, [[0.0, 0.0, 5.0, 5.0]], ["x"])]
     with pytest.raises(ExportError, match="takes no val split"):
@@ -179,5 +194,7 @@ def test_frames_are_written_as_a_mot_sequence_and_identical_frames_are_placed_by
     argv = ["dataset", "export", str(tmp_path / "ds"), "--format", "mot", "--images", "none"]
     assert main([*argv, "--out", str(tmp_path / "strict"), "--track-iou", "0.99", "--track-gap", "0"]) == 0
     assert [line[1] for line in read_mot(tmp_path / "strict" / "clip.txt")] == [1, 2, 2]
+    assert main([*argv, "--out", str(tmp_path / "any"), "--track-any-label"]) == 0
+    assert json.loads((tmp_path / "any" / "tracks.json").read_text())["by_label"] is False
     assert main([*argv, "--out", str(tmp_path / "bad"), "--track-iou", "2"]) != 0
     assert "tracking IoU must be in (0, 1], got 2.0" in capsys.readouterr().err

@@ -181,6 +181,7 @@ def add_dataset_parser(sub: Any) -> None:
     e.add_argument(
         "--track-gap", type=int, default=DEFAULT_GAP, help="mot: sampled frames in a row a track may miss and go on"
     )
+    e.add_argument("--track-any-label", action="store_true", help="mot: a box may continue a track of another label")
     _add_filter_arguments(e)
     e.set_defaults(func=cmd_export)
 
@@ -235,6 +236,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         images=args.images,
         track_iou=args.track_iou,
         track_gap=args.track_gap,
+        track_by_label=not args.track_any_label,
         filters=_filters(args),
     )
     print(json.dumps(summary, ensure_ascii=False, indent=2))

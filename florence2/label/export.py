@@ -53,7 +53,7 @@ format        files
   (and 8 characters of a digest of its path where two videos share one). With images, the labeled
   frames as ``SEQ/img1/FRAME.png`` (``FRAME`` six digits). ``tracks.json``: the task, the tracking
   settings, the labels, and per video its path, sequence, file, frames and tracks (``id``,
-  ``label``, ``first_frame``, ``last_frame``, ``frames``, ``mean_score``). Frames are placed by
+  ``label``: its boxes' most common, ``first_frame``, ``last_frame``, ``frames``, ``mean_score``). Frames are placed by
   every name an image was found under (a frame identical to another is labeled once);
   records of no video frame are left out; the export takes no val split.
 
@@ -80,6 +80,7 @@ import io
 import json
 import os
 import shutil
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,6 +281,7 @@ class Export:
     summary: dict[str, Any] = field(default_factory=dict)
     track_iou: float = DEFAULT_IOU
     track_gap: int = DEFAULT_GAP
+    track_by_label: bool = True
 
     def in_split(self, split: str) -> list[Item]:
         return [item for item in self.items if item.split == split]
@@ -603,14 +605,16 @@ def write_mot_export(ex: Export) -> None:
         frames, sequence = sorted(videos[video].items()), sequences[video]
         boxes = [[(region.box, region.label) for region in found[item.id]] for _, (item, _) in frames]
         lines, tracks = [], {}
-        for (index, (item, source)), ids in zip(frames, link_tracks(boxes, ex.track_iou, ex.track_gap)):
+        linked = link_tracks(boxes, ex.track_iou, ex.track_gap, ex.track_by_label)
+        for (index, (item, source)), ids in zip(frames, linked):
             for region, track in zip(found[item.id], ids):
                 x0, y0, x1, y1 = region.box
                 score = -1 if region.score is None else round(region.score, 4)
                 lines.append(f"{index + 1},{track},{x0:.2f},{y0:.2f},{x1 - x0:.2f},{y1 - y0:.2f},{score},-1,-1,-1")
-                first = {"id": track, "label": region.label, "first_frame": index, "last_frame": index, "scores": []}
+                first = {"id": track, "label": Counter(), "first_frame": index, "last_frame": index, "scores": []}
                 seen = tracks.setdefault(track, first)
                 seen["last_frame"] = index
+                seen["label"][region.label] += 1
                 seen["scores"].append(region.score)
             ex.count("train", len(ids))
             if ex.images != "none":
@@ -633,7 +637,8 @@ def write_mot_export(ex: Export) -> None:
                 "tracks": [_track_summary(track) for track in tracks.values()],
             }
         )
-    document = {"task": ex.summary["task"], "iou": ex.track_iou, "max_gap": ex.track_gap, "labels": labels}
+    document = {"task": ex.summary["task"], "iou": ex.track_iou, "max_gap": ex.track_gap}
+    document.update(by_label=ex.track_by_label, labels=labels)
     ex.wrote(write_json(ex.out / "tracks.json", {**document, "videos": documents}))
 
 
@@ -665,9 +670,16 @@ def _sequence_names(videos: Iterable[str]) -> dict[str, str]:
 
 
 def _track_summary(track: dict[str, Any]) -> dict[str, Any]:
+    """A track as ``tracks.json`` lists it: its label is its boxes' most common one (the first
+    met among equals)."""
     scores = track.pop("scores")
     known = [score for score in scores if score is not None]
-    return {**track, "frames": len(scores), "mean_score": round(sum(known) / len(known), 4) if known else None}
+    return {
+        **track,
+        "label": track["label"].most_common(1)[0][0],
+        "frames": len(scores),
+        "mean_score": round(sum(known) / len(known), 4) if known else None,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -711,10 +723,12 @@ def export_records(
     images: str = "link",
     track_iou: float = DEFAULT_IOU,
     track_gap: int = DEFAULT_GAP,
+    track_by_label: bool = True,
 ) -> dict[str, Any]:
     """Write ``records`` into the new (or empty) folder ``out`` in the format ``fmt`` (see the module
-    docstring for layouts, tasks, splits and image modes) and return the summary. ``track_iou`` and
-    ``track_gap``: how ``mot`` links boxes into tracks (:func:`florence2.label.tracks.link_tracks`).
+    docstring for layouts, tasks, splits and image modes) and return the summary. ``track_iou``,
+    ``track_gap`` and ``track_by_label``: how ``mot`` links boxes into tracks
+    (:func:`florence2.label.tracks.link_tracks`).
 
     Raises:
         ExportError: unknown format or image mode, ``images="none"`` for a format that needs image
@@ -743,7 +757,9 @@ def export_records(
         raise ExportError(f"{out} exists and is not an empty folder; export into a new one")
     items, skipped = _items(records, val_fraction, seed)
     splits = ("train", "val") if val_fraction > 0 else ("train",)
-    ex = Export(out, items, splits, images, task, track_iou=track_iou, track_gap=track_gap)
+    ex = Export(
+        out, items, splits, images, task, track_iou=track_iou, track_gap=track_gap, track_by_label=bool(track_by_label)
+    )
     ex.summary.update(
         format=fmt,
         out=str(out),
@@ -772,9 +788,7 @@ def export_dataset(
     ``filters``: a :class:`~florence2.label.filters.Filters` applied again on demand before writing
     (the regions it drops are counted by task and reason in the summary's ``dropped``); ``options``:
     those of :func:`export_records` (``task``, ``val_fraction``, ``seed``, ``images``, ``track_iou``,
-    ``track_gap``)."""
-    from collections import Counter
-
+    ``track_gap``, ``track_by_label``)."""
     from florence2.label.store import DatasetStore
 
     drops: Counter = Counter()

@@ -8,6 +8,10 @@ detection) and ends after that; a box that continues no track starts a new one. 
 the highest IoU first, ties broken by track and then box order, so the same boxes always give the
 same tracks.
 
+With ``by_label=False`` a box may continue a track of any label: a detector that names one object
+differently from frame to frame (a car, then a truck) then still gives one track, whose label the
+caller can take by vote.
+
 Only overlap links boxes, so the frames must be sampled densely enough for an object to overlap
 itself from one sample to the next (a car crossing the picture in two seconds does not, at one
 frame a second): label videos for tracking with ``--video-fps`` high enough, or lower ``iou``.
@@ -46,7 +50,10 @@ def check_tracking(iou: float, max_gap: int) -> None:
 
 
 def link_tracks(
-    frames: Sequence[Sequence[tuple[Box, str]]], iou: float = DEFAULT_IOU, max_gap: int = DEFAULT_GAP
+    frames: Sequence[Sequence[tuple[Box, str]]],
+    iou: float = DEFAULT_IOU,
+    max_gap: int = DEFAULT_GAP,
+    by_label: bool = True,
 ) -> list[list[int]]:
     """Track ids for the boxes of a video's frames, in order (see the module docstring).
 
@@ -54,6 +61,7 @@ def link_tracks(
         frames: per sampled frame, in time order, its ``(XYXY box, label)`` pairs.
         iou: the least overlap of a box with a track's last box to continue it.
         max_gap: how many sampled frames in a row a track may miss and still go on.
+        by_label: a box continues only a track of its own label (else of any label).
 
     Returns:
         Per frame, the track id of each of its boxes: whole numbers from 1, in order of first
@@ -71,7 +79,7 @@ def link_tracks(
                 (-overlap[t, b], t, b)
                 for t, track in enumerate(live)
                 for b, (_, label) in enumerate(boxes)
-                if label == track.label and overlap[t, b] >= iou
+                if (label == track.label or not by_label) and overlap[t, b] >= iou
             )
             taken: set[int] = set()
             for _, t, b in pairs:
