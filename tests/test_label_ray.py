@@ -139,3 +139,22 @@ def test_killing_the_ray_driver_then_the_same_command_labels_every_image_once(so
         assert len(records) == len({r["id"] for r in records}) == 60
         assert store.counts() == {"images": 60, "failed": 4}
         assert store.db.execute("SELECT count(*) FROM records").fetchone()[0] == 64
+
+
+def test_tiles_on_ray_label_as_they_do_locally(tmp_path):
+    from florence2.data.synthetic import WorldConfig, generate_mosaic
+
+    rng = np.random.default_rng(5)
+    for k in range(3):
+        generate_mosaic(rng, 2, WorldConfig(image_size=128))[0].save(tmp_path / f"{k}.png")
+    args = ["label", str(tmp_path), "--preset", "detect", "--tiles", "2x2", "--json", "--batch-size", "2"]
+    local = cli(*args, "--out", str(tmp_path / "local"))
+    on_ray = cli(*args, "--out", str(tmp_path / "ray"), "--engine", "ray")
+    assert local.returncode == on_ray.returncode == 0, on_ray.stderr[-2000:]
+    assert json.loads(local.stdout)["labeled"] == json.loads(on_ray.stdout)["labeled"] == 3
+    (local_done, _), (ray_done, _) = contents(tmp_path / "local"), contents(tmp_path / "ray")
+    assert local_done.keys() == ray_done.keys()
+    for image_id, (names, width, height, results) in local_done.items():
+        assert (names, width, height) == ray_done[image_id][:3]
+        assert_same_labels(results, ray_done[image_id][3])
+    assert sum(len(done[3]["<OD>"]["bboxes"]) for done in local_done.values()) > 3 * 4  # the crops' boxes

@@ -839,6 +839,30 @@ def generate_scene(
     return image, record
 
 
+def generate_mosaic(
+    rng: np.random.Generator, grid: int, config: WorldConfig | None = None
+) -> tuple[Image.Image, list[dict]]:
+    """A ``grid`` x ``grid`` mosaic of scenes drawn from ``rng``: a large image whose objects are as
+    small, against the whole, as a scene's would be ``grid`` times smaller (small objects in large
+    images, for tiled labeling). Returns the image and its objects (``category`` and ``bbox`` in
+    pixels of the mosaic), scene by scene, row by row."""
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        raise ValueError(f"grid must be a whole number >= 1, got {grid!r}")
+    config = config or WorldConfig()
+    size = config.image_size
+    canvas = Image.new("RGB", (size * grid, size * grid))
+    objects = []
+    for row in range(grid):
+        for col in range(grid):
+            image, record = generate_scene(rng, config)
+            canvas.paste(image, (col * size, row * size))
+            for obj in record["objects"]:
+                x0, y0, x1, y1 = obj["bbox"]
+                box = [x0 + col * size, y0 + row * size, x1 + col * size, y1 + row * size]
+                objects.append({"category": obj["category"], "bbox": box})
+    return canvas, objects
+
+
 class SyntheticWorld:
     """An endless, indexable stream of scenes: ``scene(index)`` depends only on ``(seed, index)``.
 

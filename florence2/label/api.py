@@ -29,6 +29,8 @@ def label(
     ontology: str | os.PathLike | Mapping[str, str] | None = None,
     tta: Sequence[str] = (),
     fuse_iou: float = 0.55,
+    tiles: str | None = None,
+    tile_overlap: float = 0.2,
     batch_size: int = 8,
     workers: int = 2,
     device: str | None = None,
@@ -58,6 +60,10 @@ def label(
     tta: extra views of every image (``"flip"``, ``"zoom0.8"``, ``"flip+zoom0.8"``) whose boxes of
         ``<OD>``, ``<REGION_PROPOSAL>`` and the ontology are fused with the image's own
         (:mod:`florence2.label.tta`).
+    tiles: ``"COLSxROWS"`` (e.g. ``"2x2"``): the same box tasks also run on a grid of crops of the
+        full-resolution image, each sharing ``tile_overlap`` of itself with its neighbours, and their
+        boxes are merged with the image's own: small objects in large images
+        (:mod:`florence2.label.tiles`).
     filters: :class:`~florence2.label.filters.Filters` applied before anything is stored.
     new_run: label a dataset made with other settings (model, tasks, decoding, filters) as a new run.
     retry_failed: label again the images a previous call of this run could not read.
@@ -74,7 +80,7 @@ def label(
         sources=[sources] if isinstance(sources, (str, os.PathLike)) else list(sources),
         out=Path(out),
         model=model,
-        plan=Plan.make(preset, tasks, ontology, tta, fuse_iou),
+        plan=Plan.make(preset, tasks, ontology, tta, fuse_iou, tiles, tile_overlap),
         filters=filters or Filters(),
         merge_iou=merge_iou,
         batch_size=batch_size,

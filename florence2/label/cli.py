@@ -77,6 +77,8 @@ def add_label_parser(sub: Any) -> None:
         help="an extra view of every image, its boxes fused with its own: flip, zoom0.8, flip+zoom0.8 (repeatable)",
     )
     p.add_argument("--fuse-iou", type=float, default=0.55, help="IoU at which boxes of different views fuse")
+    p.add_argument("--tiles", help="also find boxes on a grid of full-resolution crops, COLSxROWS, e.g. 2x2")
+    p.add_argument("--tile-overlap", type=float, default=0.2, help="share of a crop its neighbours also see")
     p.add_argument("--model", help="checkpoint folder (either public layout) or hub id; default: embedded model")
     p.add_argument("--batch-size", type=int, default=8, help="images per model batch")
     p.add_argument(
@@ -122,6 +124,8 @@ def cmd_label(args: argparse.Namespace) -> int:
         ontology=args.ontology,
         tta=[view for value in args.tta for view in value.split(",") if view],
         fuse_iou=args.fuse_iou,
+        tiles=args.tiles,
+        tile_overlap=args.tile_overlap,
         batch_size=args.batch_size,
         workers=args.workers or (1 if args.engine == "ray" else 2),
         engine=args.engine,

@@ -32,10 +32,11 @@ from PIL import Image
 from florence2 import __version__
 from florence2.config import DecodingOptions
 from florence2.errors import Florence2Error, ImageLoadError, TaskError
-from florence2.image import PreparedImage
+from florence2.image import PreparedImage, load_image
 from florence2.label.filters import GROUNDING, Filters, region_text_pairs
 from florence2.label.sources import SourceItem, count_sources, iter_sources
 from florence2.label.store import DatasetStore, Outcome, content_id
+from florence2.label.tiles import Rect, Tiling, cut, from_tile, merge_tiles
 from florence2.label.tta import FUSED_TASKS, View, fuse_boxes
 from florence2.pipeline import DEFAULT_MODEL_DIR, EncodedImage, Florence2
 from florence2.progress import progress_bar
@@ -110,14 +111,16 @@ def parse_ontology(value: str | os.PathLike | Mapping[str, str]) -> dict[str, st
 @dataclass(frozen=True)
 class Plan:
     """What is labeled: the tasks run on every image, the caption task grounded afterwards, the
-    ontology's phrases (each an open-vocabulary query) and their classes, and the extra views of
-    each image whose boxes are fused with its own (:mod:`florence2.label.tta`)."""
+    ontology's phrases (each an open-vocabulary query) and their classes, the extra views of
+    each image whose boxes are fused with its own (:mod:`florence2.label.tta`), and the crops of
+    each image whose boxes are merged with its own (:mod:`florence2.label.tiles`)."""
 
     tasks: tuple[str, ...]
     ground: str | None = None
     ontology: dict[str, str] = field(default_factory=dict)
     views: tuple[View, ...] = ()
     fuse_iou: float = 0.55
+    tiling: Tiling | None = None
 
     @classmethod
     def make(
@@ -127,6 +130,8 @@ class Plan:
         ontology: str | os.PathLike | Mapping[str, str] | None = None,
         tta: Sequence[str] = (),
         fuse_iou: float = 0.55,
+        tiles: str | Tiling | None = None,
+        tile_overlap: float = 0.2,
     ) -> Plan:
         if preset is not None and preset not in PRESETS:
             raise TaskError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -143,13 +148,23 @@ class Plan:
                     f"{spec.token} needs a {spec.input} input for every image; label with tasks that take "
                     "none (the ontology gives open-vocabulary detection its phrases)"
                 )
-        views = tuple(dict.fromkeys(View.parse(v) for v in tta if View.parse(v) != View()))
-        return cls(tuple(dict.fromkeys(names)), chosen.ground, phrases, views, fuse_iou)
+        try:
+            views = tuple(dict.fromkeys(View.parse(v) for v in tta if View.parse(v) != View()))
+            tiling = Tiling.parse(tiles, tile_overlap) if isinstance(tiles, str) else tiles
+        except ValueError as error:
+            raise TaskError(str(error)) from None
+        if isinstance(fuse_iou, bool) or not isinstance(fuse_iou, (int, float)) or not 0.0 < fuse_iou <= 1.0:
+            raise TaskError(f"fuse_iou must be in (0, 1], got {fuse_iou!r}")
+        if tiling is not None and not any(t in FUSED_TASKS for t in names) and not phrases:
+            raise TaskError(f"tiles find boxes of {', '.join(FUSED_TASKS)} or an ontology; the plan has none")
+        return cls(tuple(dict.fromkeys(names)), chosen.ground, phrases, views, fuse_iou, tiling)
 
     def settings(self) -> dict[str, Any]:
         out = {"tasks": list(self.tasks), "ground": self.ground, "ontology": self.ontology}
         if self.views:
             out.update(tta=[view.name for view in self.views], fuse_iou=self.fuse_iou)
+        if self.tiling is not None:
+            out.update(tiles=self.tiling.name, tile_overlap=self.tiling.overlap)
         return out
 
 
@@ -204,6 +219,7 @@ class _Item:
     image: PreparedImage | None = None
     error: str | None = None
     seconds: float = 0.0
+    tiles: list[tuple[PreparedImage, Rect]] = field(default_factory=list)  # crops and where they are
 
 
 def run_settings(
@@ -253,7 +269,7 @@ def model_fingerprint(folder: Path | None, predictor: Florence2 | None = None) -
 _MODEL_FILES = (".json", ".safetensors", ".bin")
 
 
-def _read(item: SourceItem, prepare: Callable[[Any], PreparedImage]) -> _Item:
+def _read(item: SourceItem, prepare: Callable[[Any], PreparedImage], tiling: Tiling | None = None) -> _Item:
     started = time.perf_counter()
     try:
         data = item.read()
@@ -266,10 +282,15 @@ def _read(item: SourceItem, prepare: Callable[[Any], PreparedImage]) -> _Item:
     else:
         image_id = content_id(data)
     try:
-        image = prepare(data)
+        if tiling is None:
+            image, tiles = prepare(data), []
+        else:
+            full = load_image(data)
+            image = prepare(full)
+            tiles = [(prepare(full.crop(rect)), rect) for rect in tiling.rects(full.size)]
     except ImageLoadError as error:
         return _Item(item, image_id, error=str(error), seconds=time.perf_counter() - started)
-    return _Item(item, image_id, image=image, seconds=time.perf_counter() - started)
+    return _Item(item, image_id, image=image, seconds=time.perf_counter() - started, tiles=tiles)
 
 
 def _key_id(key: str) -> str:
@@ -316,8 +337,11 @@ class Labeler:
 
     # --- inference on one batch ---------------------------------------------------------------------
 
-    def infer(self, images: Sequence[PreparedImage]) -> list[dict[str, Any] | Florence2Error]:
-        """Every task of the plan on ``images``, from one vision encoding per image."""
+    def infer(
+        self, images: Sequence[PreparedImage], tiles: Sequence[Sequence[tuple[PreparedImage, Rect]]] = ()
+    ) -> list[dict[str, Any] | Florence2Error]:
+        """Every task of the plan on ``images``, from one vision encoding per image; ``tiles``: each
+        image's crops (with a tiling plan)."""
         p, plan = self.predictor, self.plan
         encoded = p.encode_images(images, on_error="return")
         good = [i for i, e in enumerate(encoded) if isinstance(e, EncodedImage)]
@@ -343,6 +367,8 @@ class Labeler:
         self._detect_ontology(batch, good, results, options)
         if batch and plan.views:
             self._fuse_views([images[i] for i in good], good, results, options)
+        if batch and plan.tiling is not None and tiles:
+            self._merge_tiles([images[i].size for i in good], [tiles[i] for i in good], good, results, options)
         return results
 
     def _detect_ontology(
@@ -376,13 +402,41 @@ class Labeler:
         for i, found in seen.items():
             for task in {task for boxes in found for task in boxes}:
                 fused = fuse_boxes([boxes.get(task, []) for boxes in found], plan.fuse_iou)
-                box_key, label_key, score_key = FUSED_TASKS[task]
-                results[i][task] = {
-                    **results[i].get(task, {}),
-                    box_key: [box for box, _, _, _ in fused],
-                    label_key: [label for _, label, _, _ in fused],
-                    score_key: [score for _, _, score, _ in fused],
-                }
+                _put_boxes(results[i], task, [(box, label, score) for box, label, score, _ in fused])
+
+    def _merge_tiles(
+        self,
+        sizes: Sequence[tuple[int, int]],
+        tiles: Sequence[Sequence[tuple[PreparedImage, Rect]]],
+        rows: Sequence[int],
+        results: list,
+        options: dict,
+    ) -> None:
+        """The plan's box tasks on every crop of every image, merged with the image's own boxes."""
+        p, plan = self.predictor, self.plan
+        tasks = [t for t in plan.tasks if t in FUSED_TASKS]
+        seen = {i: [_boxes(results[i])] for i in rows if isinstance(results[i], dict)}
+        crops = [(i, size, crop, rect) for i, size, pieces in zip(rows, sizes, tiles) for crop, rect in pieces]
+        for start in range(0, len(crops), self.batch_size):
+            chunk = crops[start : start + self.batch_size]
+            encoded = p.encode_images([crop for _, _, crop, _ in chunk], on_error="return")
+            answers = [{} for _ in chunk]
+            if tasks:
+                answers = p.predict(encoded, tasks, **{**options, "batch_size": len(chunk)})
+            answers = [a if isinstance(a, dict) else {} for a in answers]
+            if plan.ontology:
+                self._detect_ontology(encoded, range(len(chunk)), answers, {**options, "batch_size": len(chunk)})
+            for (i, size, _, rect), answer in zip(chunk, answers):
+                if i not in seen:
+                    continue
+                placed: dict[str, list] = {}
+                for task, found in _boxes(answer).items():
+                    moved = [(from_tile(box, rect), label, score) for box, label, score in found]
+                    placed[task] = [(box, label, score) for box, label, score in moved if not cut(box, rect, size)]
+                seen[i].append(placed)
+        for i, found in seen.items():
+            for task in {task for boxes in found for task in boxes}:
+                _put_boxes(results[i], task, merge_tiles([boxes.get(task, []) for boxes in found]))
 
     # --- the run ---------------------------------------------------------------------------------------
 
@@ -442,7 +496,7 @@ class Labeler:
             for item in chunk:
                 if item.key in done:
                     continue
-                pending.append(pool.submit(_read, item, prepare))
+                pending.append(pool.submit(_read, item, prepare, self.plan.tiling))
                 while len(pending) > ahead or (pending and pending[0].done()):
                     batch.append(pending.pop(0).result())
                     if len(batch) == self.batch_size:
@@ -468,7 +522,7 @@ class Labeler:
     def label_items(self, outcomes: Mapping[str, Outcome], todo: Sequence[_Item]) -> Counter:
         """Run the plan on ``todo`` and put each answer, filtered, into its outcome; returns the drops."""
         started = time.perf_counter()
-        answers = self.infer([item.image for item in todo]) if todo else []
+        answers = self.infer([item.image for item in todo], [item.tiles for item in todo]) if todo else []
         per_image = (time.perf_counter() - started) / max(1, len(todo))
         drops: Counter = Counter()
         for item, answer in zip(todo, answers):
@@ -531,6 +585,17 @@ def _boxes(result: Mapping[str, Any], view: View | None = None, size: tuple[int,
             boxes = answer[box_key] if view is None else [view.unmap(b, size) for b in answer[box_key]]
             out[task] = list(zip(boxes, answer[label_key], answer.get(score_key) or [None] * len(boxes)))
     return out
+
+
+def _put_boxes(result: dict[str, Any], task: str, boxes: Sequence[tuple[Any, str, Any]]) -> None:
+    """Set the boxes, labels and scores of ``task`` in ``result`` to ``(box, label, score)`` triples."""
+    box_key, label_key, score_key = FUSED_TASKS[task]
+    result[task] = {
+        **result.get(task, {}),
+        box_key: [box for box, _, _ in boxes],
+        label_key: [label for _, label, _ in boxes],
+        score_key: [score for _, _, score in boxes],
+    }
 
 
 def _add_class(result: dict[str, Any], answer: Mapping[str, Any], name: str) -> None:

@@ -45,6 +45,7 @@ from florence2.label.engine import (
 )
 from florence2.label.sources import SourceItem, count_sources, iter_sources, open_source
 from florence2.label.store import DatasetStore, Outcome
+from florence2.label.tiles import Tiling
 from florence2.pipeline import Florence2
 from florence2.progress import progress_bar
 from florence2.weights import parse_dtype, read_config, read_generation_settings
@@ -69,15 +70,24 @@ def _processor(folder: str) -> ImageProcessor:
     return ImageProcessor.from_pretrained(folder)
 
 
-def read_batch(batch: Mapping[str, np.ndarray], folder: str) -> dict[str, np.ndarray]:
-    """Read, hash and prepare the images of a batch of sources (runs in Ray tasks)."""
+def read_batch(batch: Mapping[str, np.ndarray], folder: str, tiling: Tiling | None = None) -> dict[str, np.ndarray]:
+    """Read, hash and prepare the images of a batch of sources, and their crops with a ``tiling``
+    (runs in Ray tasks)."""
     processor = _processor(folder)
     height, width = processor.size
     columns: dict[str, list] = {name: [] for name in ("image_id", "pixels", "width", "height", "error", "seconds")}
+    count = 0 if tiling is None else tiling.cols * tiling.rows
+    tiles, rects = [], []
     for source in batch["source"]:
         parsed = json.loads(source)
-        item = _read(SourceItem("", parsed, None, functools.partial(open_source, parsed)), processor.prepare)
+        item = _read(SourceItem("", parsed, None, functools.partial(open_source, parsed)), processor.prepare, tiling)
         image = item.image
+        if count:
+            crops = item.tiles or [(None, (0, 0, 0, 0))] * count
+            tiles.append(
+                np.stack([c.pixel_values.numpy() if c else np.zeros((3, height, width), np.float32) for c, _ in crops])
+            )
+            rects.append(np.asarray([rect for _, rect in crops], dtype=np.int64))
         columns["image_id"].append(item.image_id)
         columns["pixels"].append(
             image.pixel_values.numpy() if image is not None else np.zeros((3, height, width), np.float32)
@@ -88,6 +98,8 @@ def read_batch(batch: Mapping[str, np.ndarray], folder: str) -> dict[str, np.nda
         columns["seconds"].append(item.seconds)
     out = {name: np.asarray(values) for name, values in columns.items() if name != "pixels"}
     out["pixels"] = np.stack(columns["pixels"])
+    if count:
+        out["tiles"], out["rects"] = np.stack(tiles), np.stack(rects)
     for name in ("key", "source", "stamp"):
         out[name] = np.asarray(batch[name])
     return out
@@ -116,6 +128,10 @@ class LabelWorker:
             if item.error is None:
                 pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][i]))
                 item.image = PreparedImage(pixels, (int(batch["width"][i]), int(batch["height"][i])))
+                if "tiles" in batch:
+                    rects = [tuple(int(v) for v in rect) for rect in batch["rects"][i]]
+                    crops = [torch.from_numpy(np.ascontiguousarray(crop)) for crop in batch["tiles"][i]]
+                    item.tiles = [(PreparedImage(c, (r[2] - r[0], r[3] - r[1])), r) for c, r in zip(crops, rects)]
             items.append(item)
         outcomes, todo = plan_batch(items, known=set())
         drops = self.labeler.label_items(outcomes, todo)
@@ -287,7 +303,7 @@ def _pipeline(ray: Any, rows: list[dict[str, str]], job: LabelJob, folder: str) 
     # must still run (a few at a time per worker, so they stay just ahead of the models)
     dataset = dataset.map_batches(
         read_batch,
-        fn_kwargs={"folder": folder},
+        fn_kwargs={"folder": folder, "tiling": job.plan.tiling},
         batch_size=job.batch_size,
         batch_format="numpy",
         num_cpus=0,

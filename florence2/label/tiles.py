@@ -1,0 +1,128 @@
+"""Tiles for labeling: small objects in large images, found on overlapping crops at full resolution.
+
+The model sees every image resized to its input (768 x 768 for the public checkpoints, 128 x 128 for
+the embedded one), so an object a few dozen pixels across in a 4000-pixel photograph is a few pixels
+at the model's input and is missed. With a :class:`Tiling` the box tasks run on the image and also
+on a grid of overlapping crops of the full-resolution image, each resized to the model's input on
+its own; the boxes the crops give are moved back into the image and merged with the image's own
+(:func:`merge_tiles`).
+
+A crop cuts the objects on its edges; a box that touches an edge the crop shares with its
+neighbour (an edge inside the image) is left out, as the neighbour, which overlaps the crop by
+``overlap`` of a crop, or the whole image sees that object whole. What is left is merged: the
+boxes of one label that overlap by ``iou`` or more are the same object, and the best scoring of
+them is kept (each box keeps its own score).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from florence2.scoring import nms
+
+Box = Sequence[float]
+Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels of the image
+
+_GRID = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$", re.IGNORECASE)
+MAX_TILES = 64
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """A grid of ``cols`` x ``rows`` crops, each overlapping its neighbours by ``overlap`` of its
+    width (or height)."""
+
+    cols: int
+    rows: int
+    overlap: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("cols", "rows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"a tiling's {name} must be a whole number >= 1, got {value!r}")
+        if self.cols * self.rows < 2 or self.cols * self.rows > MAX_TILES:
+            raise ValueError(f"a tiling has 2 to {MAX_TILES} tiles, got {self.cols} x {self.rows}")
+        overlap = self.overlap
+        if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= overlap < 0.5:
+            raise ValueError(f"a tiling's overlap must be in [0, 0.5), got {overlap!r}")
+
+    @classmethod
+    def parse(cls, text: str, overlap: float = 0.2) -> Tiling:
+        """``"2x2"``, ``"3x2"`` (columns x rows)."""
+        match = _GRID.match(str(text))
+        if not match:
+            raise ValueError(f"tiles are COLSxROWS, e.g. 2x2 or 3x2; got {text!r}")
+        return cls(int(match[1]), int(match[2]), overlap)
+
+    @property
+    def name(self) -> str:
+        return f"{self.cols}x{self.rows}"
+
+    def rects(self, size: tuple[int, int]) -> list[Rect]:
+        """The crops of an image of ``size`` (width, height), row by row: equal crops covering the
+        image, neighbours sharing ``overlap`` of a crop."""
+        width, height = size
+        return [(x0, y0, x1, y1) for y0, y1 in _spans(height, self.rows, self.overlap)
+                for x0, x1 in _spans(width, self.cols, self.overlap)]  # fmt: skip
+
+
+def _spans(length: int, count: int, overlap: float) -> list[tuple[int, int]]:
+    """``count`` equal spans covering ``[0, length)``, each sharing ``overlap`` of its length with
+    the next."""
+    if count == 1:
+        return [(0, length)]
+    span = length / (count - (count - 1) * overlap)
+    step = span * (1 - overlap)
+    out = []
+    for k in range(count):
+        start = round(k * step)
+        end = length if k == count - 1 else min(length, round(k * step + span))
+        out.append((start, max(end, start + 1)))
+    return out
+
+
+def cut(box: Box, rect: Rect, size: tuple[int, int], margin: float = 1.0) -> bool:
+    """Whether ``box`` (in pixels of the image) touches, within ``margin`` pixels, an edge of the
+    crop ``rect`` that lies inside the image (so the crop may show only part of its object)."""
+    x0, y0, x1, y1 = box
+    left, top, right, bottom = rect
+    width, height = size
+    return (
+        (left > 0 and x0 <= left + margin)
+        or (top > 0 and y0 <= top + margin)
+        or (right < width and x1 >= right - margin)
+        or (bottom < height and y1 >= bottom - margin)
+    )
+
+
+def from_tile(box: Box, rect: Rect) -> list[float]:
+    """A box the model gave on the crop ``rect`` (in the crop's pixels), in pixels of the image."""
+    x0, y0, x1, y1 = box
+    left, top, right, bottom = rect
+    return [
+        min(max(x0 + left, left), right),
+        min(max(y0 + top, top), bottom),
+        min(max(x1 + left, left), right),
+        min(max(y1 + top, top), bottom),
+    ]
+
+
+def merge_tiles(
+    found: Sequence[Sequence[tuple[Box, str, float | None]]], iou: float = 0.5
+) -> list[tuple[list[float], str, float | None]]:
+    """The ``(box, label, score)`` lists of the image and its crops (crop boxes already in the
+    image's pixels, cut ones already left out) as one list: boxes of one label overlapping by ``iou``
+    or more are one object, its best scoring box kept; best score first."""
+    boxes = [(list(box), label, score) for group in found for box, label, score in group]
+    if not boxes:
+        return []
+    kept = nms(
+        [box for box, _, _ in boxes],
+        [score if score is not None else 0.0 for _, _, score in boxes],
+        [label for _, label, _ in boxes],
+        iou,
+    )
+    return [boxes[k] for k in kept]
