@@ -485,7 +485,9 @@ class Labeler:
     ) -> Iterator[list[_Item]]:
         """Batches of read images, reading ahead on the pool while the caller runs the model."""
         prepare = self.predictor.prepare_image
-        ahead = 2 * self.batch_size + 2 * self.workers
+        crops = 0 if self.plan.tiling is None else self.plan.tiling.cols * self.plan.tiling.rows
+        # images read ahead: fewer with tiles, each of whose crops is held as model input too
+        ahead = max(self.batch_size, (2 * self.batch_size + 2 * self.workers) // (1 + crops))
         pending: list[Future] = []
         batch: list[_Item] = []
         for chunk in _chunks(items, 4 * self.batch_size):
