@@ -452,6 +452,67 @@ def test_tar_members_and_video_frames_are_written_as_files(tmp_path):
     assert [s["reason"].split(" (")[0] for s in summary["skipped"]] == ["its image is no file of its own"] * 3
 
 
+# --- Label Studio -----------------------------------------------------------------------------------------
+
+
+def test_labelstudio_tasks_hold_the_regions_as_scored_predictions_in_percent(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    a, b = write_png(tmp_path / "a.png", (100, 50), (1, 2, 3)), write_png(tmp_path / "b.png", (40, 40), (4, 5, 6))
+    odd = 'a "big" <thing> & co'
+    records = [
+        {"id": "a" * 64, "source": {"path": str(a)}, "width": 100, "height": 50,
+         "results": {OD: {"bboxes": [[10.0, 5.0, 60.0, 30.0], [0.0, 0.0, 100.0, 50.0]], "labels": ["car", odd],
+                          "scores": [0.8, 0.3]}}},
+        {"id": "b" * 64, "source": {"path": str(b)}, "width": 40, "height": 40,
+         "results": {OD: {"bboxes": [], "labels": [], "scores": []}}},
+    ]  # fmt: skip
+    summary = export_records(records, tmp_path / "ls", "labelstudio", images="copy")
+    assert summary["task"] == OD and summary["splits"]["train"] == {"images": 2, "regions": 2}
+    tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
+    first, second = sorted(tasks, key=lambda t: t["data"]["florence2_id"])
+    assert first["data"]["image"] == "/data/local-files/?d=images/" + "a" * 16 + ".png"
+    assert (tmp_path / "ls" / "images" / ("a" * 16 + ".png")).read_bytes() == a.read_bytes()
+    (prediction,) = first["predictions"]
+    assert prediction["score"] == 0.3 and prediction["model_version"] == "florence2 <OD>"
+    car, whole = prediction["result"]
+    assert car["type"] == "rectanglelabels" and (car["from_name"], car["to_name"]) == ("label", "image")
+    assert car["value"] == {"x": 10.0, "y": 10.0, "width": 50.0, "height": 50.0, "rotation": 0,
+                            "rectanglelabels": ["car"]}  # fmt: skip
+    assert (car["original_width"], car["original_height"], car["score"]) == (100, 50, 0.8)
+    assert whole["value"]["rectanglelabels"] == [odd] and whole["id"] != car["id"]
+    assert second["predictions"][0]["result"] == [] and "score" not in second["predictions"][0]
+    config = ET.fromstring((tmp_path / "ls" / "label_config.xml").read_text())
+    assert [c.tag for c in config] == ["Image", "RectangleLabels"]
+    assert [label.get("value") for label in config.find("RectangleLabels")] == sorted(["car", odd])
+
+
+def test_labelstudio_polygons_are_polygon_regions_and_splits_are_files(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    res = "<REFERRING_EXPRESSION_SEGMENTATION>"
+    records = []
+    for k in range(6):
+        path = write_png(tmp_path / f"{k}.png", (200, 100), (k, k, k))
+        polygon = [20.0, 10.0, 120.0, 10.0, 120.0, 90.0]
+        results = {res: {"polygons": [[polygon]], "labels": [""], "scores": [0.5]}}
+        source = {"path": str(path)}
+        records.append({"id": f"{k:064d}", "source": source, "width": 200, "height": 100, "results": results})
+    summary = export_records(records, tmp_path / "ls", "labelstudio", task=res, val_fraction=0.5, seed=1)
+    names = sorted(p.name for p in (tmp_path / "ls").iterdir())
+    assert names == ["images", "label_config.xml", "tasks_train.json", "tasks_val.json"]
+    counts = summary["splits"]
+    assert counts["train"]["images"] + counts["val"]["images"] == 6 and counts["train"]["images"] > 0
+    region = json.loads((tmp_path / "ls" / "tasks_train.json").read_text())[0]["predictions"][0]["result"][0]
+    assert (region["type"], region["from_name"]) == ("polygonlabels", "polygon")
+    assert region["value"] == {"points": [[10.0, 10.0], [60.0, 10.0], [60.0, 90.0]], "closed": True,
+                               "polygonlabels": ["object"]}  # fmt: skip
+    config = ET.fromstring((tmp_path / "ls" / "label_config.xml").read_text())
+    assert [c.tag for c in config] == ["Image", "RectangleLabels", "PolygonLabels"]
+    with pytest.raises(ExportError, match="labelstudio export needs image files"):
+        export_records(records, tmp_path / "none", "labelstudio", images="none")
+
+
 # --- errors ------------------------------------------------------------------------------------------------
 
 

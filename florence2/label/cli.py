@@ -172,10 +172,12 @@ def add_dataset_parser(sub: Any) -> None:
 
     e = commands.add_parser("export", help="write the dataset for other tools (and florence2 finetune)")
     e.add_argument("dataset")
-    e.add_argument("--format", required=True, help="coco, yolo, jsonl, captions, parquet or mot (video tracks)")
+    e.add_argument(
+        "--format", required=True, help="coco, yolo, jsonl, captions, parquet, labelstudio or mot (video tracks)"
+    )
     e.add_argument("--out", required=True, help="the export folder")
     e.add_argument("--run", type=int, help="a run id (default: the latest)")
-    e.add_argument("--task", help="the task whose boxes (coco, yolo, mot) or captions (captions) are exported")
+    e.add_argument("--task", help="the task whose regions (coco, yolo, labelstudio, mot) or captions are exported")
     e.add_argument("--val-fraction", type=float, default=0.0, help="share of images in a val split (by image id)")
     e.add_argument("--seed", type=int, default=0, help="seed of the split")
     e.add_argument(

@@ -1,5 +1,5 @@
-"""Exports of a labeled dataset: its records written as COCO, YOLO, JSON lines, captions, Parquet or
-video tracks (MOTChallenge).
+"""Exports of a labeled dataset: its records written as COCO, YOLO, JSON lines, captions, Parquet,
+Label Studio tasks or video tracks (MOTChallenge).
 
 :func:`export_records` takes the records a :class:`~florence2.label.store.DatasetStore` yields
 (``id``, ``source``, ``width``, ``height``, ``results``) and writes them into a new folder in one of
@@ -22,6 +22,7 @@ format        files
 ``captions``  ``NAME``, ``ID[:16].txt`` and ``captions.jsonl`` at the top (in ``SPLIT/`` when split)
 ``parquet``   ``labels.parquet`` (``SPLIT.parquet``), ``images/NAME``
 ``mot``       ``SEQ.txt`` and ``SEQ/img1/FRAME.png`` per video, ``tracks.json``
+``labelstudio`` ``tasks.json`` (``tasks_SPLIT.json``), ``label_config.xml``, ``images/NAME``
 ============  ====================================================================================
 
 * ``coco``: one COCO detection file per split: ``images`` (ids from 1, ``file_name`` relative to
@@ -45,6 +46,15 @@ format        files
   ``image``, ``results`` (JSON of the task results), ``extras`` (JSON of the other keys, or null),
   ``caption``, ``detailed_caption``, ``more_detailed_caption`` (the text, or null) and
   ``num_regions`` (boxes, quads and polygons over all tasks).
+* ``labelstudio``: the regions as Label Studio pre-annotations, to review and correct there: one
+  task per image, ``data.image`` ``/data/local-files/?d=images/NAME`` (Label Studio's local files,
+  served with the export folder as ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``) and ``data.florence2_id``
+  the image id; one prediction (``model_version`` ``florence2`` and the task) whose ``score`` is its
+  lowest region score (so that sorting by it brings the least sure images first; absent without
+  regions) and whose ``result`` holds a ``rectanglelabels`` region per box (``x``, ``y``, ``width``,
+  ``height`` in percent of the image) or a ``polygonlabels`` one per polygon (``points`` in percent),
+  each with its ``score``. ``label_config.xml``: the project's labeling interface naming every label
+  (``RectangleLabels`` ``label`` and, where there are polygons, ``PolygonLabels`` ``polygon``).
 * ``mot``: the boxes of each video's labeled frames linked into tracks
   (:func:`florence2.label.tracks.link_tracks`, ``track_iou`` and ``track_gap``), one file per video
   in the MOTChallenge text layout that tracking tools (TrackEval, motmetrics) read:
@@ -57,7 +67,7 @@ format        files
   every name an image was found under (a frame identical to another is labeled once);
   records of no video frame are left out; the export takes no val split.
 
-Which task: ``coco``, ``yolo`` and ``mot`` take the regions of ``task``, by default the first of
+Which task: ``coco``, ``yolo``, ``labelstudio`` and ``mot`` take the regions of ``task``, by default the first of
 :data:`BOX_TASKS` that any record holds; any task answering with regions may be named (a region
 without a label, as region proposals give, is called :data:`UNLABELLED`). ``captions`` takes
 ``task``, by default the first of :data:`CAPTION_TASKS` that any record holds. A record without
@@ -85,6 +95,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
+from urllib.parse import quote
+from xml.sax.saxutils import quoteattr
 
 from PIL import Image
 
@@ -585,6 +597,61 @@ def write_parquet_export(ex: Export) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # The registry
+def write_labelstudio_export(ex: Export) -> None:
+    """Label Studio tasks with the regions as predictions, one file per split, ``label_config.xml``
+    and ``images/``."""
+    items, found, labels = ex.box_regions()
+    task = ex.summary["task"]
+    for split in ex.splits:
+        tasks = []
+        for item, _ in ex.placed((i for i in items if i.split == split), ex.out / "images"):
+            regions = found[item.id]
+            result = [_studio_region(k, region, item.size) for k, region in enumerate(regions)]
+            prediction: dict[str, Any] = {"model_version": f"florence2 {task}", "result": result}
+            scores = [region.score for region in regions if region.score is not None]
+            if scores:
+                prediction["score"] = min(scores)
+            image = f"/data/local-files/?d=images/{quote(item.name)}"
+            tasks.append({"data": {"image": image, "florence2_id": item.id}, "predictions": [prediction]})
+            ex.count(split, len(result))
+        ex.wrote(write_json(ex.out / ex.file_name(split, "tasks.json", "tasks_{}.json"), tasks))
+    polygons = any(len(region.polygons) == 1 for regions in found.values() for region in regions)
+    controls = [("RectangleLabels", "label")] + ([("PolygonLabels", "polygon")] if polygons else [])
+    lines = ["<View>", '  <Image name="image" value="$image"/>']
+    for tag, name in controls:
+        lines += [f'  <{tag} name="{name}" toName="image">']
+        lines += [f"    <Label value={quoteattr(label)}/>" for label in labels]
+        lines += [f"  </{tag}>"]
+    (ex.out / "label_config.xml").write_text("\n".join([*lines, "</View>"]) + "\n", encoding="utf-8")
+    ex.wrote(ex.out / "label_config.xml")
+
+
+def _studio_region(k: int, region: Region, size: tuple[int, int]) -> dict[str, Any]:
+    """One Label Studio result: a polygon where the region is one, else its box; in percent."""
+    width, height = size
+    out: dict[str, Any] = {"id": f"r{k}", "to_name": "image", "original_width": width, "original_height": height}
+    out["image_rotation"] = 0
+    if len(region.polygons) == 1:
+        flat = region.polygons[0]
+        points = [[round(100 * x / width, 4), round(100 * y / height, 4)] for x, y in zip(flat[::2], flat[1::2])]
+        out.update(from_name="polygon", type="polygonlabels")
+        out["value"] = {"points": points, "closed": True, "polygonlabels": [region.label]}
+    else:
+        x0, y0, x1, y1 = region.box
+        out.update(from_name="label", type="rectanglelabels")
+        out["value"] = {
+            "x": round(100 * x0 / width, 4),
+            "y": round(100 * y0 / height, 4),
+            "width": round(100 * (x1 - x0) / width, 4),
+            "height": round(100 * (y1 - y0) / height, 4),
+            "rotation": 0,
+            "rectanglelabels": [region.label],
+        }
+    if region.score is not None:
+        out["score"] = region.score
+    return out
+
+
 def write_mot_export(ex: Export) -> None:
     """Per video, its boxes linked into tracks: ``SEQ.txt`` (MOTChallenge), ``SEQ/img1/``, and
     ``tracks.json`` over all videos."""
@@ -705,6 +772,7 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
         ExportFormat("jsonl", write_jsonl_export, False, "JSON lines of every result (fine-tuning: labels:FILE)"),
         ExportFormat("captions", write_captions_export, True, "images with same-named .txt captions"),
         ExportFormat("parquet", write_parquet_export, False, "one Parquet row per image (needs pyarrow)"),
+        ExportFormat("labelstudio", write_labelstudio_export, True, "Label Studio tasks: pre-annotations to review"),
         ExportFormat(
             "mot", write_mot_export, False, "video tracks: MOTChallenge text per video, tracks.json", every_name=True
         ),
