@@ -21,7 +21,8 @@ from florence2.scoring import box_iou
 
 
 @pytest.mark.parametrize(("grid", "size", "overlap"), [("2x2", (256, 256), 0.2), ("3x2", (1000, 601), 0.25),
-                                                        ("4x1", (97, 31), 0.0), ("2x3", (5, 7), 0.4)])  # fmt: skip
+                                                        ("4x1", (97, 31), 0.0), ("2x3", (5, 7), 0.4),
+                                                        ("64x1", (10, 3), 0.2), ("8x8", (1, 1), 0.3)])  # fmt: skip
 def test_crops_cover_the_image_and_neighbours_share_the_overlap(grid, size, overlap):
     tiling = Tiling.parse(grid, overlap)
     rects = tiling.rects(size)

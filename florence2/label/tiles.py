@@ -78,7 +78,7 @@ def _spans(length: int, count: int, overlap: float) -> list[tuple[int, int]]:
     step = span * (1 - overlap)
     out = []
     for k in range(count):
-        start = round(k * step)
+        start = min(round(k * step), length - 1)  # a crop of at least one pixel of the image, however small
         end = length if k == count - 1 else min(length, round(k * step + span))
         out.append((start, max(end, start + 1)))
     return out
