@@ -516,6 +516,22 @@ def test_labelstudio_polygons_are_polygon_regions_and_splits_are_files(tmp_path)
 # --- errors ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("fmt", ["coco", "yolo", "jsonl", "captions", "labelstudio"])
+def test_an_id_naming_a_path_writes_nothing_outside_the_export(tmp_path, fmt):
+    image = write_png(tmp_path / "a.png", (10, 10), (1, 2, 3))
+    results = {OD: boxes_result([[1.0, 1.0, 5.0, 5.0]], ["x"]), "<CAPTION>": "A thing."}
+    ids = ["../../evil", "/abs/evil", "..", "a\\..\\b", "C:evil", "ok-id_1.v2"]
+    records = [{"id": i, "source": {"path": str(image)}, "width": 10, "height": 10, "results": results} for i in ids]
+    summary = export_records(records, tmp_path / "out" / "x", fmt, images="copy")
+    assert summary["image_files"] == len(ids)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "out"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["x"]
+    written = [p for p in (tmp_path / "out" / "x").rglob("*") if p.is_file()]
+    assert all(p.resolve().is_relative_to((tmp_path / "out" / "x").resolve()) for p in written)
+    names = {p.name for p in written}
+    assert "ok-id_1.v2.png" in names and not any("evil" in name for name in names)
+
+
 def test_errors_name_what_is_wrong(records, tmp_path):
     assert set(EXPORT_FORMATS) >= {"coco", "yolo", "jsonl", "captions", "parquet"}
     with pytest.raises(ExportError, match="unknown export format 'voc'"):

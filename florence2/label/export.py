@@ -5,13 +5,13 @@ Label Studio tasks or video tracks (MOTChallenge).
 (``id``, ``source``, ``width``, ``height``, ``results``) and writes them into a new folder in one of
 :data:`EXPORT_FORMATS` (a format is one writer function and one :class:`ExportFormat` entry there).
 
-Images are ordered by id. With ``val_fraction`` they are split into ``train`` and ``val`` by a hash of
-``seed`` and the image id (:func:`florence2.data.formats.held_out_names`): the same records and seed
-give the same split in any order, and adding images does not move the others. Without it every
+Images are ordered by id. With ``val_fraction`` they are split into ``train`` and ``val`` by a hash
+of ``seed`` and the image id (:func:`florence2.data.formats.held_out_names`): the same records and
+seed give the same split in any order, and adding images does not move the others. Without it every
 image is in ``train``, and the files below that carry a split in their names have none.
 
-Layouts (``NAME`` is ``ID[:16]`` and the image's suffix, unique in the export; ``SPLIT`` is
-``train`` or ``val``):
+Layouts (``NAME`` is ``ID[:16]`` and the image's suffix, unique in the export, an id that is no plain
+file name standing for ``id-`` and its SHA-256; ``SPLIT`` is ``train`` or ``val``):
 
 ============  ====================================================================================
 format        files
@@ -86,9 +86,11 @@ written), ``categories`` (coco, yolo) and ``skipped`` (``[{"id", "reason"}]``).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -122,6 +124,7 @@ _REGION_RESULTS = tuple(kind for kind in get_args(ResultType) if kind != "pure_t
 # keys of a jsonl line; a record's other result keys of these names stay out of it
 _LINE_KEYS = ("id", "source", "width", "height", "image", "run", "results")
 _NAME_LENGTH = 16
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
 class ExportError(Florence2Error, ValueError):
@@ -194,16 +197,24 @@ def _suffix(source: dict[str, Any]) -> str:
     return suffix if suffix in IMAGE_SUFFIXES else ".png"
 
 
+def _file_stem(image_id: str) -> str:
+    """The id as a file name: itself where it is a plain name (the store's ids are hex digests), else
+    ``id-`` and a digest of it, so that no id names a path outside the export."""
+    return image_id if _PLAIN_NAME.match(image_id) else "id-" + hashlib.sha256(image_id.encode()).hexdigest()
+
+
 def _file_names(records: Iterable[dict[str, Any]]) -> dict[str, str]:
-    """Image id -> file name: ``ID[:16]`` + suffix, the whole id where two ids share that start."""
-    records = list(records)
+    """Image id -> file name: ``ID[:16]`` + suffix, the whole id where two ids share that start (an
+    id that is no plain name stands for its digest: :func:`_file_stem`)."""
+    stems = {record["id"]: _file_stem(record["id"]) for record in records}
     starts: dict[str, int] = {}
-    for record in records:
-        starts[record["id"][:_NAME_LENGTH]] = starts.get(record["id"][:_NAME_LENGTH], 0) + 1
+    for stem in stems.values():
+        starts[stem[:_NAME_LENGTH]] = starts.get(stem[:_NAME_LENGTH], 0) + 1
     names = {}
     for record in records:
-        start = record["id"][:_NAME_LENGTH]
-        names[record["id"]] = (start if starts[start] == 1 else record["id"]) + _suffix(record["source"])
+        stem = stems[record["id"]]
+        start = stem[:_NAME_LENGTH]
+        names[record["id"]] = (start if starts[start] == 1 else stem) + _suffix(record["source"])
     return names
 
 
