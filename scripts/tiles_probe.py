@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--grid", type=int, default=2, help="scenes a side of each mosaic")
     parser.add_argument("--seed", type=int, default=777, help="world seed (not one trained on)")
-    parser.add_argument("--tiles", default="2x2", help="the tiling to compare with plain labeling")
+    parser.add_argument("--tiles", default="2x2", help="the tiling to compare with plain labeling (or auto)")
     parser.add_argument("--out", help="keep the images and datasets here (default: a temporary folder)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temporary:

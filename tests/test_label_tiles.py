@@ -54,6 +54,18 @@ def test_bad_tilings_are_refused(cols, rows, overlap, match):
         Tiling(cols, rows, overlap)
 
 
+@pytest.mark.parametrize(("size", "grid"), [
+    ((128, 128), (1, 1)), ((191, 100), (1, 1)), ((192, 128), (2, 1)), ((256, 256), (2, 2)), ((768, 300), (6, 2)),
+    ((20000, 9000), (11, 5)), ((100000, 10), (64, 1)),
+])  # fmt: skip
+def test_auto_gives_about_one_crop_per_model_input_and_none_to_a_small_image(size, grid):
+    tiling = Tiling.parse("auto").for_side(128)
+    assert tiling.name == "auto" and tiling.grid(size) == grid
+    assert len(tiling.rects(size)) == (0 if grid == (1, 1) else grid[0] * grid[1])
+    with pytest.raises(ValueError, match="input size"):
+        Tiling.parse("AUTO").rects(size)
+
+
 def test_a_box_on_an_inner_edge_is_cut_and_one_on_the_image_edge_is_not():
     size, rect = (200, 100), (80, 0, 200, 60)  # a crop on the right, top half
     assert cut([80.0, 10.0, 120.0, 30.0], rect, size)  # on its left edge, inside the image
@@ -147,6 +159,28 @@ def test_tiles_find_the_small_objects_a_plain_pass_misses(mosaics, predictor, tm
     # the same images with another tiling are another run's work
     with pytest.raises(DatasetError, match="tiles"):
         label(folder, tmp_path / "tiled", model=predictor, preset="detect", tiles="3x3")
+
+
+def test_auto_tiles_the_large_images_of_a_mixed_folder_and_leaves_the_small_ones(mosaics, predictor, tmp_path):
+    folder, _ = mosaics
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("00000.png", "00001.png"):
+        (mixed / name).write_bytes((folder / name).read_bytes())  # 256 px: 2 x 2 crops at a 128-pixel input
+    rng = np.random.default_rng(11)
+    for k in range(2):
+        generate_scene(rng, WorldConfig(image_size=128))[0].save(mixed / f"scene{k}.png")  # 128 px: none
+    for name, tiles in (("auto", "auto"), ("grid", "2x2"), ("plain", None)):
+        assert label(mixed, tmp_path / name, model=predictor, preset="detect", tiles=tiles).labeled == 4
+    found = {}
+    for name in ("auto", "grid", "plain"):
+        with DatasetStore(tmp_path / name) as store:
+            found[name] = {Path(r["source"]["path"]).name: r["results"]["<OD>"] for r in store.records()}
+    for image, boxes in found["auto"].items():
+        same_as = "grid" if image.startswith("0000") else "plain"
+        assert boxes["labels"] == found[same_as][image]["labels"], image
+        assert np.allclose(boxes["bboxes"], found[same_as][image]["bboxes"]), image
+    assert any(found["grid"][i]["bboxes"] != found["plain"][i]["bboxes"] for i in ("scene0.png", "scene1.png"))
 
 
 def test_tiles_with_an_ontology_and_the_other_tasks_untouched(mosaics, predictor, tmp_path):

@@ -60,8 +60,9 @@ def label(
     tta: extra views of every image (``"flip"``, ``"zoom0.8"``, ``"flip+zoom0.8"``) whose boxes of
         ``<OD>``, ``<REGION_PROPOSAL>`` and the ontology are fused with the image's own
         (:mod:`florence2.label.tta`).
-    tiles: ``"COLSxROWS"`` (e.g. ``"2x2"``): the same box tasks also run on a grid of crops of the
-        full-resolution image, each sharing ``tile_overlap`` of itself with its neighbours, and their
+    tiles: ``"COLSxROWS"`` (e.g. ``"2x2"``) or ``"auto"`` (each image's grid by its size, about one
+        crop per model input): the same box tasks also run on a grid of crops of the full-resolution
+        image, each sharing ``tile_overlap`` of itself with its neighbours, and their
         boxes are merged with the image's own: small objects in large images
         (:mod:`florence2.label.tiles`).
     filters: :class:`~florence2.label.filters.Filters` applied before anything is stored.

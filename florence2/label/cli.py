@@ -77,7 +77,9 @@ def add_label_parser(sub: Any) -> None:
         help="an extra view of every image, its boxes fused with its own: flip, zoom0.8, flip+zoom0.8 (repeatable)",
     )
     p.add_argument("--fuse-iou", type=float, default=0.55, help="IoU at which boxes of different views fuse")
-    p.add_argument("--tiles", help="also find boxes on a grid of full-resolution crops, COLSxROWS, e.g. 2x2")
+    p.add_argument(
+        "--tiles", help="also find boxes on full-resolution crops: COLSxROWS (e.g. 2x2), or auto (by image size)"
+    )
     p.add_argument("--tile-overlap", type=float, default=0.2, help="share of a crop its neighbours also see")
     p.add_argument("--model", help="checkpoint folder (either public layout) or hub id; default: embedded model")
     p.add_argument("--batch-size", type=int, default=8, help="images per model batch")

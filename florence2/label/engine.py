@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -314,6 +314,8 @@ class Labeler:
     ) -> None:
         if batch_size < 1 or workers < 1:
             raise ValueError(f"batch_size and workers must be >= 1, got {batch_size} and {workers}")
+        if plan.tiling is not None:  # "auto" chooses each image's grid by the model's input size
+            plan = replace(plan, tiling=plan.tiling.for_side(min(predictor.processor.image_processor.size)))
         self.predictor, self.plan = predictor, plan
         self.filters = filters or Filters()
         self.merge_iou = merge_iou
@@ -415,7 +417,7 @@ class Labeler:
         """The plan's box tasks on every crop of every image, merged with the image's own boxes."""
         p, plan = self.predictor, self.plan
         tasks = [t for t in plan.tasks if t in FUSED_TASKS]
-        seen = {i: [_boxes(results[i])] for i in rows if isinstance(results[i], dict)}
+        seen = {i: [_boxes(results[i])] for i, pieces in zip(rows, tiles) if pieces and isinstance(results[i], dict)}
         crops = [(i, size, crop, rect) for i, size, pieces in zip(rows, sizes, tiles) for crop, rect in pieces]
         for start in range(0, len(crops), self.batch_size):
             chunk = crops[start : start + self.batch_size]
@@ -485,8 +487,9 @@ class Labeler:
     ) -> Iterator[list[_Item]]:
         """Batches of read images, reading ahead on the pool while the caller runs the model."""
         prepare = self.predictor.prepare_image
-        crops = 0 if self.plan.tiling is None else self.plan.tiling.cols * self.plan.tiling.rows
         # images read ahead: fewer with tiles, each of whose crops is held as model input too
+        tiling = self.plan.tiling
+        crops = 0 if tiling is None else 4 if tiling.auto else tiling.cols * tiling.rows  # auto: a 2 x 2 guess
         ahead = max(self.batch_size, (2 * self.batch_size + 2 * self.workers) // (1 + crops))
         pending: list[Future] = []
         batch: list[_Item] = []

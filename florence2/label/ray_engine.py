@@ -75,19 +75,14 @@ def read_batch(batch: Mapping[str, np.ndarray], folder: str, tiling: Tiling | No
     (runs in Ray tasks)."""
     processor = _processor(folder)
     height, width = processor.size
+    tiling = None if tiling is None else tiling.for_side(min(processor.size))
     columns: dict[str, list] = {name: [] for name in ("image_id", "pixels", "width", "height", "error", "seconds")}
-    count = 0 if tiling is None else tiling.cols * tiling.rows
-    tiles, rects = [], []
+    crops = []
     for source in batch["source"]:
         parsed = json.loads(source)
         item = _read(SourceItem("", parsed, None, functools.partial(open_source, parsed)), processor.prepare, tiling)
         image = item.image
-        if count:
-            crops = item.tiles or [(None, (0, 0, 0, 0))] * count
-            tiles.append(
-                np.stack([c.pixel_values.numpy() if c else np.zeros((3, height, width), np.float32) for c, _ in crops])
-            )
-            rects.append(np.asarray([rect for _, rect in crops], dtype=np.int64))
+        crops.append(item.tiles)
         columns["image_id"].append(item.image_id)
         columns["pixels"].append(
             image.pixel_values.numpy() if image is not None else np.zeros((3, height, width), np.float32)
@@ -98,8 +93,14 @@ def read_batch(batch: Mapping[str, np.ndarray], folder: str, tiling: Tiling | No
         columns["seconds"].append(item.seconds)
     out = {name: np.asarray(values) for name, values in columns.items() if name != "pixels"}
     out["pixels"] = np.stack(columns["pixels"])
-    if count:
-        out["tiles"], out["rects"] = np.stack(tiles), np.stack(rects)
+    if tiling is not None:  # each row's crops, padded to the batch's most
+        most = max(1, max(len(c) for c in crops))
+        out["tiles"] = np.zeros((len(crops), most, 3, height, width), np.float32)
+        out["rects"] = np.zeros((len(crops), most, 4), np.int64)
+        out["tile_count"] = np.asarray([len(c) for c in crops], np.int64)
+        for i, row in enumerate(crops):
+            for k, (crop, rect) in enumerate(row):
+                out["tiles"][i, k], out["rects"][i, k] = crop.pixel_values.numpy(), rect
     for name in ("key", "source", "stamp"):
         out[name] = np.asarray(batch[name])
     return out
@@ -129,8 +130,9 @@ class LabelWorker:
                 pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][i]))
                 item.image = PreparedImage(pixels, (int(batch["width"][i]), int(batch["height"][i])))
                 if "tiles" in batch:
-                    rects = [tuple(int(v) for v in rect) for rect in batch["rects"][i]]
-                    crops = [torch.from_numpy(np.ascontiguousarray(crop)) for crop in batch["tiles"][i]]
+                    count = int(batch["tile_count"][i])
+                    rects = [tuple(int(v) for v in rect) for rect in batch["rects"][i][:count]]
+                    crops = [torch.from_numpy(np.ascontiguousarray(crop)) for crop in batch["tiles"][i][:count]]
                     item.tiles = [(PreparedImage(c, (r[2] - r[0], r[3] - r[1])), r) for c, r in zip(crops, rects)]
             items.append(item)
         outcomes, todo = plan_batch(items, known=set())

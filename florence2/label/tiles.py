@@ -7,6 +7,11 @@ on a grid of overlapping crops of the full-resolution image, each resized to the
 its own; the boxes the crops give are moved back into the image and merged with the image's own
 (:func:`merge_tiles`).
 
+``"auto"`` chooses the grid of each image by its size: about one crop per model input of the image
+(``round(width / side)`` columns, ``round(height / side)`` rows, ``side`` the model input's shorter
+side, at most :data:`MAX_TILES` crops), so an image no larger than about one and a half model inputs
+gets no crops at all and a dataset of mixed sizes tiles only its large images.
+
 A crop cuts the objects on its edges; a box that touches an edge the crop shares with its
 neighbour (an edge inside the image) is left out, as the neighbour, which overlaps the crop by
 ``overlap`` of a crop, or the whole image sees that object whole. What is left is merged: the
@@ -16,6 +21,7 @@ them is kept (each box keeps its own score).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,18 +38,20 @@ MAX_TILES = 64
 @dataclass(frozen=True)
 class Tiling:
     """A grid of ``cols`` x ``rows`` crops, each overlapping its neighbours by ``overlap`` of its
-    width (or height)."""
+    width (or height); ``cols = rows = 0``: the grid of each image chosen by its size (``"auto"``,
+    see the module docstring) for a model whose input's shorter side is ``side``."""
 
     cols: int
     rows: int
     overlap: float = 0.2
+    side: int | None = None  # auto: the model input's shorter side (set by the labeler)
 
     def __post_init__(self) -> None:
         for name in ("cols", "rows"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or (value < 1 and not self.auto):
                 raise ValueError(f"a tiling's {name} must be a whole number >= 1, got {value!r}")
-        if self.cols * self.rows < 2 or self.cols * self.rows > MAX_TILES:
+        if not self.auto and not 2 <= self.cols * self.rows <= MAX_TILES:
             raise ValueError(f"a tiling has 2 to {MAX_TILES} tiles, got {self.cols} x {self.rows}")
         overlap = self.overlap
         if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= overlap < 0.5:
@@ -51,22 +59,49 @@ class Tiling:
 
     @classmethod
     def parse(cls, text: str, overlap: float = 0.2) -> Tiling:
-        """``"2x2"``, ``"3x2"`` (columns x rows)."""
+        """``"2x2"``, ``"3x2"`` (columns x rows), or ``"auto"``."""
+        if str(text).strip().lower() == "auto":
+            return cls(0, 0, overlap)
         match = _GRID.match(str(text))
         if not match:
-            raise ValueError(f"tiles are COLSxROWS, e.g. 2x2 or 3x2; got {text!r}")
+            raise ValueError(f"tiles are COLSxROWS, e.g. 2x2 or 3x2, or auto; got {text!r}")
         return cls(int(match[1]), int(match[2]), overlap)
 
     @property
+    def auto(self) -> bool:
+        return self.cols == self.rows == 0
+
+    @property
     def name(self) -> str:
-        return f"{self.cols}x{self.rows}"
+        return "auto" if self.auto else f"{self.cols}x{self.rows}"
+
+    def for_side(self, side: int) -> Tiling:
+        """This tiling for a model whose input's shorter side is ``side`` (what ``auto`` needs)."""
+        return Tiling(self.cols, self.rows, self.overlap, int(side))
+
+    def grid(self, size: tuple[int, int]) -> tuple[int, int]:
+        """``(cols, rows)`` for an image of ``size`` (width, height)."""
+        if not self.auto:
+            return self.cols, self.rows
+        if not self.side:
+            raise ValueError("an auto tiling needs the model's input size: Tiling.for_side(side)")
+        cols, rows = (max(1, round(length / self.side)) for length in size)
+        if cols * rows > MAX_TILES:  # fewer, larger crops of the same shape
+            shrink = math.sqrt(MAX_TILES / (cols * rows))
+            cols, rows = max(1, int(cols * shrink)), max(1, int(rows * shrink))
+            cols = min(cols, MAX_TILES // rows)
+            rows = min(rows, MAX_TILES // cols)
+        return cols, rows
 
     def rects(self, size: tuple[int, int]) -> list[Rect]:
         """The crops of an image of ``size`` (width, height), row by row: equal crops covering the
-        image, neighbours sharing ``overlap`` of a crop."""
+        image, neighbours sharing ``overlap`` of a crop; none where the grid is one crop."""
         width, height = size
-        return [(x0, y0, x1, y1) for y0, y1 in _spans(height, self.rows, self.overlap)
-                for x0, x1 in _spans(width, self.cols, self.overlap)]  # fmt: skip
+        cols, rows = self.grid(size)
+        if cols * rows < 2:
+            return []
+        return [(x0, y0, x1, y1) for y0, y1 in _spans(height, rows, self.overlap)
+                for x0, x1 in _spans(width, cols, self.overlap)]  # fmt: skip
 
 
 def _spans(length: int, count: int, overlap: float) -> list[tuple[int, int]]:
