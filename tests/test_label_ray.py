@@ -145,9 +145,9 @@ def test_tiles_on_ray_label_as_they_do_locally(tmp_path):
     from florence2.data.synthetic import WorldConfig, generate_mosaic
 
     rng = np.random.default_rng(5)
-    for k in range(3):
-        generate_mosaic(rng, 2, WorldConfig(image_size=128))[0].save(tmp_path / f"{k}.png")
-    args = ["label", str(tmp_path), "--preset", "detect", "--tiles", "2x2", "--json", "--batch-size", "2"]
+    for k in range(3):  # two 2 x 2 mosaics and a scene: auto gives them 4, 4 and no crops
+        generate_mosaic(rng, 2 if k < 2 else 1, WorldConfig(image_size=128))[0].save(tmp_path / f"{k}.png")
+    args = ["label", str(tmp_path), "--preset", "detect", "--tiles", "auto", "--json", "--batch-size", "2"]
     local = cli(*args, "--out", str(tmp_path / "local"))
     on_ray = cli(*args, "--out", str(tmp_path / "ray"), "--engine", "ray")
     assert local.returncode == on_ray.returncode == 0, on_ray.stderr[-2000:]
@@ -158,3 +158,5 @@ def test_tiles_on_ray_label_as_they_do_locally(tmp_path):
         assert (names, width, height) == ray_done[image_id][:3]
         assert_same_labels(results, ray_done[image_id][3])
     assert sum(len(done[3]["<OD>"]["bboxes"]) for done in local_done.values()) > 3 * 4  # the crops' boxes
+    with DatasetStore(tmp_path / "ray") as store:
+        assert store.runs()[0]["settings"]["tiles"] == "auto"
