@@ -50,7 +50,7 @@ COMMANDS: dict[str, Command] = {
     "finetune": Command("fine-tune a checkpoint on your datasets", "florence2.train.cli:add_finetune_parser"),
     "serve": Command("HTTP API and web page", "florence2.serve.cli:add_serve_parser"),
     "label": Command("label images, archives and videos into a dataset", "florence2.label.cli:add_label_parser"),
-    "dataset": Command("statistics, search and export of a labeled dataset", "florence2.label.cli:add_dataset_parser"),
+    "dataset": Command("stats, search, export, captions of a dataset", "florence2.label.cli:add_dataset_parser"),
     "engine": Command("the data engine's loops: engine refine", "florence2.refine:add_engine_parser"),
     "export": Command("export a model for other runtimes", "florence2.export.cli:add_export_parser"),
     "tasks": Command("list the tasks and their prompts", "florence2.cli:add_tasks_parser"),

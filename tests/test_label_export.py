@@ -566,3 +566,84 @@ def test_the_export_module_imports_no_pyarrow_or_pycocotools():
     code = "import florence2.label.export, sys; print([m for m in ('pyarrow', 'pycocotools') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- captions beside the images ----------------------------------------------------------------------------
+
+
+def captioned_dataset(tmp_path: Path) -> tuple[Path, Path]:
+    """A dataset of photos/a.png (also found as photos/copy-of-a.png), photos/b.png (its caption
+    spread over lines), a tar member, a deleted file and an image without a caption."""
+    from collections import Counter
+
+    from florence2.label import DatasetStore
+    from florence2.label.store import Outcome
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "copy-of-a.png", "b.png", "gone.png", "quiet.png"):
+        write_png(photos / name, (8, 8), (len(name), 0, 0))
+
+    def outcome(name: str, image_id: str, results: dict, aliases=(), source=None) -> Outcome:
+        source = source or {"path": str(photos / name)}
+        names = [(str(photos / n), {"path": str(photos / n)}, "s") for n in aliases]
+        return Outcome(source.get("path", name), source, "s", image_id, 8, 8, results, aliases=names)
+
+    both = {"<CAPTION>": "A red square.", "<DETAILED_CAPTION>": "A red square\n on a   white field."}
+    with DatasetStore(tmp_path / "ds", create=True) as store:
+        run, _ = store.run_for({"model": "test"})
+        store.commit(run, [
+            outcome("a.png", "ida", both, aliases=["copy-of-a.png"]),
+            outcome("b.png", "idb", {"<CAPTION>": "B.", "<DETAILED_CAPTION>": "Line one.\nLine two."}),
+            outcome("m", "idm", both, source={"archive": str(tmp_path / "s.tar"), "member": "m.png"}),
+            outcome("gone.png", "idg", both),
+            outcome("quiet.png", "idq", {"<CAPTION>": "Q.", "<DETAILED_CAPTION>": "  "}),
+        ], Counter())  # fmt: skip
+    (photos / "gone.png").unlink()
+    return tmp_path / "ds", photos
+
+
+def test_captions_are_written_beside_every_file_name_and_existing_ones_are_kept(tmp_path):
+    from florence2.label.export import write_sidecar_captions
+
+    dataset, photos = captioned_dataset(tmp_path)
+    (photos / "b.txt").write_text("my own words\n")
+    summary = write_sidecar_captions(dataset, prefix="ohwx, ")
+    assert summary["task"] == "<DETAILED_CAPTION>"  # the most detailed the records hold
+    assert (summary["written"], summary["kept"], summary["skipped_count"]) == (2, 1, 3)
+    assert (photos / "a.txt").read_text() == "ohwx, A red square on a white field.\n"
+    assert (photos / "copy-of-a.txt").read_text() == (photos / "a.txt").read_text()
+    assert (photos / "b.txt").read_text() == "my own words\n"  # kept
+    reasons = sorted(s["reason"] for s in summary["skipped"])
+    assert reasons == ["image file not found", "no <DETAILED_CAPTION> caption",
+                       "no image file of its own (a tar member or a video frame)"]  # fmt: skip
+    assert sorted(p.name for p in photos.iterdir() if p.suffix == ".txt") == ["a.txt", "b.txt", "copy-of-a.txt"]
+    assert not list(photos.glob(".*"))  # no temporary file left behind
+    again = write_sidecar_captions(dataset, task="CAPTION", overwrite=True, extension=".caption")
+    assert (again["written"], again["kept"]) == (4, 0)  # quiet.png has a brief caption
+    assert (photos / "b.caption").read_text() == "B.\n" and (photos / "quiet.caption").read_text() == "Q.\n"
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"task": "OD"}, "captions are one of"), ({"task": "MORE_DETAILED_CAPTION"}, "no record holds"),
+    ({"task": "NOPE"}, "unknown task"), ({"extension": ".png"}, "extension"), ({"extension": "txt"}, "extension"),
+    ({"extension": "./../x"}, "extension"), ({"extension": ".t/x"}, "extension"),
+])  # fmt: skip
+def test_bad_caption_options_are_refused_before_anything_is_written(tmp_path, options, match):
+    from florence2.label.export import write_sidecar_captions
+
+    dataset, photos = captioned_dataset(tmp_path)
+    with pytest.raises(ExportError, match=match):
+        write_sidecar_captions(dataset, **options)
+    assert not [p for p in photos.iterdir() if p.suffix != ".png"]
+
+
+def test_the_captions_command(tmp_path, capsys):
+    from florence2.cli import main
+
+    dataset, photos = captioned_dataset(tmp_path)
+    assert main(["dataset", "captions", str(dataset), "--prefix", "sks ", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["written"] == 3 and (photos / "b.txt").read_text() == "sks Line one. Line two.\n"
+    assert main(["dataset", "captions", str(dataset), "--task", "OD"]) == 2
+    assert "captions are one of" in capsys.readouterr().err

@@ -155,7 +155,7 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def add_dataset_parser(sub: Any) -> None:
-    p = sub.add_parser("dataset", help="statistics, search and export of a labeled dataset")
+    p = sub.add_parser("dataset", help="statistics, search, export and captions of a labeled dataset")
     commands = p.add_subparsers(dest="dataset_command", required=True)
 
     s = commands.add_parser("stats", help="images labeled and failed, regions per task and label, scores, runs")
@@ -192,6 +192,41 @@ def add_dataset_parser(sub: Any) -> None:
     e.add_argument("--track-any-label", action="store_true", help="mot: a box may continue a track of another label")
     _add_filter_arguments(e)
     e.set_defaults(func=cmd_export)
+
+    add_captions_parser(commands)
+
+
+def add_captions_parser(commands: Any) -> None:
+    c = commands.add_parser(
+        "captions", help="write each image's caption beside its file (photo.jpg -> photo.txt), for LoRA trainers"
+    )
+    c.add_argument("dataset")
+    c.add_argument("--task", help="CAPTION, DETAILED_CAPTION or MORE_DETAILED_CAPTION (default: the most detailed)")
+    c.add_argument("--run", type=int, help="a run id (default: the latest)")
+    c.add_argument("--prefix", default="", help='text put before every caption, e.g. a trigger word: "ohwx, "')
+    c.add_argument("--overwrite", action="store_true", help="replace caption files that exist (kept by default)")
+    c.add_argument("--extension", default=".txt", help="of the caption files (default .txt)")
+    c.add_argument("--json", action="store_true", help="print the summary as JSON")
+    c.set_defaults(func=cmd_captions)
+
+
+def cmd_captions(args: argparse.Namespace) -> int:
+    from florence2.label.export import write_sidecar_captions
+
+    summary = write_sidecar_captions(
+        args.dataset, task=args.task, run=args.run, prefix=args.prefix, overwrite=args.overwrite,
+        extension=args.extension,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+        return 0
+    print(
+        f"{summary['task']}: {summary['written']} caption files written, {summary['kept']} existing kept, "
+        f"{summary['skipped_count']} images or names skipped"
+    )
+    for skipped in summary["skipped"]:
+        print(f"  skipped {skipped['source']}: {skipped['reason']}", file=sys.stderr)
+    return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

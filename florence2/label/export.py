@@ -399,6 +399,8 @@ class Export:
 
 
 def _describe(source: dict[str, Any]) -> str:
+    if isinstance(source.get("path"), str):
+        return source["path"]
     if "member" in source:
         return f"member {source['member']} of {source.get('archive')}"
     if "video" in source:
@@ -517,18 +519,24 @@ def write_jsonl_export(ex: Export) -> None:
         ex.wrote(path)
 
 
+def caption_task(present: Iterable[str], asked: str | None) -> str:
+    """The caption task to write: ``asked`` (one of :data:`CAPTION_TASKS`), else the most detailed
+    one present. Raises :class:`ExportError` where the records hold no such caption."""
+    present = set(present)
+    if asked is not None:
+        if asked not in CAPTION_TASKS:
+            raise ExportError(f"captions are one of {', '.join(CAPTION_TASKS)}, got {asked}")
+        if asked not in present:
+            raise ExportError(f"no record holds a {asked} result")
+        return asked
+    task = next((t for t in CAPTION_TASKS if t in present), None)
+    if task is None:
+        raise ExportError(f"no record holds a caption ({', '.join(CAPTION_TASKS)})")
+    return task
+
+
 def _caption_task(ex: Export) -> str:
-    present = {task for item in ex.items for task in item.record["results"]}
-    if ex.task is not None:
-        task = ex.task
-        if task not in CAPTION_TASKS:
-            raise ExportError(f"the captions export takes one of {', '.join(CAPTION_TASKS)}, got {ex.task}")
-        if task not in present:
-            raise ExportError(f"no record holds a {task} result")
-    else:
-        task = next((t for t in CAPTION_TASKS if t in present), None)
-        if task is None:
-            raise ExportError(f"no record holds a caption ({', '.join(CAPTION_TASKS)})")
+    task = caption_task((task for item in ex.items for task in item.record["results"]), ex.task)
     ex.summary["task"] = task
     return task
 
@@ -554,6 +562,73 @@ def write_captions_export(ex: Export) -> None:
             ex.count(split)
         (folder / "captions.jsonl").write_text("".join(lines), encoding="utf-8")
         ex.wrote(folder / "captions.jsonl")
+
+
+def write_sidecar_captions(
+    dataset: str | os.PathLike,
+    *,
+    task: str | None = None,
+    run: int | None = None,
+    prefix: str = "",
+    overwrite: bool = False,
+    extension: str = ".txt",
+) -> dict[str, Any]:
+    """Write each labeled image's caption beside the image file itself, as image-generation trainers
+    (kohya_ss, OneTrainer, taggui) read them: ``photos/dog.jpg`` gets ``photos/dog.txt``, one line,
+    ``prefix`` first (a trigger word). Every file name an image was found under gets one; images with
+    no file of their own (tar members, video frames), no caption, or whose file is gone are counted
+    and listed, not written. An existing caption file is kept unless ``overwrite``. Each file is
+    written whole or not at all (a temporary file renamed).
+
+    Returns a summary: ``task``, ``written``, ``kept`` (existing files left alone), ``skipped``
+    (``[{"source", "reason"}]``, the first 20) and ``skipped_count``.
+
+    Raises:
+        ExportError: a task that is no caption task, no record with that caption, a bad extension.
+    """
+    from florence2.label.store import DatasetStore
+
+    if not re.fullmatch(r"\.[A-Za-z0-9]{1,10}", extension) or extension.lower() in IMAGE_SUFFIXES:
+        raise ExportError(f"a caption file extension is a dot and 1-10 letters or digits, no image's: {extension!r}")
+    try:
+        asked = get_task(task).token if task is not None else None
+    except TaskError as e:
+        raise ExportError(str(e)) from None
+    summary: dict[str, Any] = {"task": None, "written": 0, "kept": 0, "skipped": [], "skipped_count": 0}
+
+    def skip(source: dict[str, Any], reason: str) -> None:
+        summary["skipped_count"] += 1
+        if len(summary["skipped"]) < 20:
+            summary["skipped"].append({"source": _describe(source), "reason": reason})
+
+    with DatasetStore(dataset) as store:
+        present = {task for record in store.records(run) for task in record["results"]}
+        summary["task"] = chosen = caption_task(present, asked)
+        for record in store.records(run):
+            caption = record["results"].get(chosen)
+            names = store.sources_of(record["id"])
+            if not isinstance(caption, str) or not caption.strip():
+                skip(record["source"], f"no {chosen} caption")
+                continue
+            line = " ".join((prefix + caption).split()) + "\n"
+            for source in names:
+                path = source.get("path") if isinstance(source, dict) else None
+                if not isinstance(path, str):
+                    skip(source, "no image file of its own (a tar member or a video frame)")
+                    continue
+                image = Path(path)
+                if not image.is_file():
+                    skip(source, "image file not found")
+                    continue
+                target = image.with_suffix(extension)
+                if target.exists() and not overwrite:
+                    summary["kept"] += 1
+                    continue
+                tmp = target.with_name(f".{target.name}.florence2-tmp")
+                tmp.write_text(line, encoding="utf-8")
+                os.replace(tmp, target)
+                summary["written"] += 1
+    return summary
 
 
 def _caption_column(task: str) -> str:
