@@ -625,7 +625,7 @@ def test_captions_are_written_beside_every_file_name_and_existing_ones_are_kept(
 
 
 @pytest.mark.parametrize(("options", "match"), [
-    ({"task": "OD"}, "captions are one of"), ({"task": "MORE_DETAILED_CAPTION"}, "no record holds"),
+    ({"task": "OD"}, "dataset captions takes one of"), ({"task": "MORE_DETAILED_CAPTION"}, "no record holds"),
     ({"task": "NOPE"}, "unknown task"), ({"extension": ".png"}, "extension"), ({"extension": "txt"}, "extension"),
     ({"extension": "./../x"}, "extension"), ({"extension": ".t/x"}, "extension"),
 ])  # fmt: skip
@@ -646,4 +646,4 @@ def test_the_captions_command(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["written"] == 3 and (photos / "b.txt").read_text() == "sks Line one. Line two.\n"
     assert main(["dataset", "captions", str(dataset), "--task", "OD"]) == 2
-    assert "captions are one of" in capsys.readouterr().err
+    assert "dataset captions takes one of" in capsys.readouterr().err

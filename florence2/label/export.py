@@ -519,13 +519,13 @@ def write_jsonl_export(ex: Export) -> None:
         ex.wrote(path)
 
 
-def caption_task(present: Iterable[str], asked: str | None) -> str:
-    """The caption task to write: ``asked`` (one of :data:`CAPTION_TASKS`), else the most detailed
-    one present. Raises :class:`ExportError` where the records hold no such caption."""
+def caption_task(present: Iterable[str], asked: str | None, what: str = "the captions export") -> str:
+    """The caption task ``what`` writes: ``asked`` (one of :data:`CAPTION_TASKS`), else the most
+    detailed one present. Raises :class:`ExportError` where the records hold no such caption."""
     present = set(present)
     if asked is not None:
         if asked not in CAPTION_TASKS:
-            raise ExportError(f"captions are one of {', '.join(CAPTION_TASKS)}, got {asked}")
+            raise ExportError(f"{what} takes one of {', '.join(CAPTION_TASKS)}, got {asked}")
         if asked not in present:
             raise ExportError(f"no record holds a {asked} result")
         return asked
@@ -603,7 +603,7 @@ def write_sidecar_captions(
 
     with DatasetStore(dataset) as store:
         present = {task for record in store.records(run) for task in record["results"]}
-        summary["task"] = chosen = caption_task(present, asked)
+        summary["task"] = chosen = caption_task(present, asked, "dataset captions")
         for record in store.records(run):
             caption = record["results"].get(chosen)
             names = store.sources_of(record["id"])
