@@ -14,6 +14,7 @@ from typing import Any
 
 from florence2.label.engine import LabelJob, LabelSummary, Plan, label_locally
 from florence2.label.filters import Filters
+from florence2.label.tiles import DEFAULT_OVERLAP
 from florence2.pipeline import Florence2
 
 ENGINES = ("local", "ray")
@@ -30,7 +31,7 @@ def label(
     tta: Sequence[str] = (),
     fuse_iou: float = 0.55,
     tiles: str | None = None,
-    tile_overlap: float = 0.2,
+    tile_overlap: float = DEFAULT_OVERLAP,
     batch_size: int = 8,
     workers: int = 2,
     device: str | None = None,

@@ -22,6 +22,7 @@ from florence2.label.api import label
 from florence2.label.engine import PRESETS
 from florence2.label.filters import Filters
 from florence2.label.store import DatasetStore
+from florence2.label.tiles import DEFAULT_OVERLAP
 from florence2.label.tracks import DEFAULT_GAP, DEFAULT_IOU
 
 
@@ -80,7 +81,7 @@ def add_label_parser(sub: Any) -> None:
     p.add_argument(
         "--tiles", help="also find boxes on full-resolution crops: COLSxROWS (e.g. 2x2), or auto (by image size)"
     )
-    p.add_argument("--tile-overlap", type=float, default=0.2, help="share of a crop its neighbours also see")
+    p.add_argument("--tile-overlap", type=float, default=DEFAULT_OVERLAP, help="share of a crop its neighbours see")
     p.add_argument("--model", help="checkpoint folder (either public layout) or hub id; default: embedded model")
     p.add_argument("--batch-size", type=int, default=8, help="images per model batch")
     p.add_argument(

@@ -36,7 +36,7 @@ from florence2.image import PreparedImage, load_image
 from florence2.label.filters import GROUNDING, Filters, region_text_pairs
 from florence2.label.sources import SourceItem, count_sources, iter_sources
 from florence2.label.store import DatasetStore, Outcome, content_id
-from florence2.label.tiles import Rect, Tiling, cut, from_tile, merge_tiles
+from florence2.label.tiles import DEFAULT_OVERLAP, Rect, Tiling, cut, from_tile, merge_tiles
 from florence2.label.tta import FUSED_TASKS, View, fuse_boxes
 from florence2.pipeline import DEFAULT_MODEL_DIR, EncodedImage, Florence2
 from florence2.progress import progress_bar
@@ -131,7 +131,7 @@ class Plan:
         tta: Sequence[str] = (),
         fuse_iou: float = 0.55,
         tiles: str | Tiling | None = None,
-        tile_overlap: float = 0.2,
+        tile_overlap: float = DEFAULT_OVERLAP,
     ) -> Plan:
         if preset is not None and preset not in PRESETS:
             raise TaskError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -383,21 +383,27 @@ class Labeler:
                 if isinstance(answer, dict) and isinstance(results[i], dict):
                     _add_class(results[i], answer[OPEN_VOCABULARY], name)
 
-    def _fuse_views(self, images: Sequence[PreparedImage], rows: Sequence[int], results: list, options: dict) -> None:
-        """The plan's box tasks on every extra view, fused with the image's own boxes."""
+    def _box_answers(self, images: Sequence[PreparedImage], options: dict) -> list[dict[str, Any]]:
+        """The plan's box tasks (those of :data:`FUSED_TASKS` and the ontology's) on ``images``, one
+        vision encoding each; an image that failed answers ``{}``."""
         p, plan = self.predictor, self.plan
         tasks = [t for t in plan.tasks if t in FUSED_TASKS]
-        if not tasks and not plan.ontology:
+        encoded = p.encode_images(images, on_error="return")
+        options = {**options, "batch_size": len(images)}
+        answers = p.predict(encoded, tasks, **options) if tasks else [{} for _ in images]
+        answers = [a if isinstance(a, dict) else {} for a in answers]
+        if plan.ontology:
+            self._detect_ontology(encoded, range(len(images)), answers, options)
+        return answers
+
+    def _fuse_views(self, images: Sequence[PreparedImage], rows: Sequence[int], results: list, options: dict) -> None:
+        """The plan's box tasks on every extra view, fused with the image's own boxes."""
+        plan = self.plan
+        if not any(t in FUSED_TASKS for t in plan.tasks) and not plan.ontology:
             return
         seen = {i: [_boxes(results[i])] for i in rows if isinstance(results[i], dict)}
         for view in plan.views:
-            encoded = p.encode_images([view.apply(image) for image in images], on_error="return")
-            answers = [{} for _ in rows]
-            if tasks:
-                answers = p.predict(encoded, tasks, **options)
-            answers = [a if isinstance(a, dict) else {} for a in answers]
-            if plan.ontology:
-                self._detect_ontology(encoded, range(len(rows)), answers, options)
+            answers = self._box_answers([view.apply(image) for image in images], options)
             for i, image, answer in zip(rows, images, answers):
                 if i in seen:
                     seen[i].append(_boxes(answer, view, image.size))
@@ -415,19 +421,11 @@ class Labeler:
         options: dict,
     ) -> None:
         """The plan's box tasks on every crop of every image, merged with the image's own boxes."""
-        p, plan = self.predictor, self.plan
-        tasks = [t for t in plan.tasks if t in FUSED_TASKS]
         seen = {i: [_boxes(results[i])] for i, pieces in zip(rows, tiles) if pieces and isinstance(results[i], dict)}
         crops = [(i, size, crop, rect) for i, size, pieces in zip(rows, sizes, tiles) for crop, rect in pieces]
         for start in range(0, len(crops), self.batch_size):
             chunk = crops[start : start + self.batch_size]
-            encoded = p.encode_images([crop for _, _, crop, _ in chunk], on_error="return")
-            answers = [{} for _ in chunk]
-            if tasks:
-                answers = p.predict(encoded, tasks, **{**options, "batch_size": len(chunk)})
-            answers = [a if isinstance(a, dict) else {} for a in answers]
-            if plan.ontology:
-                self._detect_ontology(encoded, range(len(chunk)), answers, {**options, "batch_size": len(chunk)})
+            answers = self._box_answers([crop for _, _, crop, _ in chunk], options)
             for (i, size, _, rect), answer in zip(chunk, answers):
                 if i not in seen:
                     continue

@@ -33,6 +33,7 @@ Rect = tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels of the image
 
 _GRID = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$", re.IGNORECASE)
 MAX_TILES = 64
+DEFAULT_OVERLAP = 0.2  # of a crop, shared with each neighbour
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Tiling:
 
     cols: int
     rows: int
-    overlap: float = 0.2
+    overlap: float = DEFAULT_OVERLAP
     side: int | None = None  # auto: the model input's shorter side (set by the labeler)
 
     def __post_init__(self) -> None:
@@ -58,7 +59,7 @@ class Tiling:
             raise ValueError(f"a tiling's overlap must be in [0, 0.5), got {overlap!r}")
 
     @classmethod
-    def parse(cls, text: str, overlap: float = 0.2) -> Tiling:
+    def parse(cls, text: str, overlap: float = DEFAULT_OVERLAP) -> Tiling:
         """``"2x2"``, ``"3x2"`` (columns x rows), or ``"auto"``."""
         if str(text).strip().lower() == "auto":
             return cls(0, 0, overlap)
