@@ -48,30 +48,31 @@ format        files
   ``num_regions`` (boxes, quads and polygons over all tasks).
 * ``labelstudio``: the regions as Label Studio pre-annotations, to review and correct there: one
   task per image, ``data.image`` ``/data/local-files/?d=images/NAME`` (Label Studio's local files,
-  served with the export folder as ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``) and ``data.florence2_id``
-  the image id; one prediction (``model_version`` ``florence2`` and the task) whose ``score`` is its
-  lowest region score (so that sorting by it brings the least sure images first; absent without
-  regions) and whose ``result`` holds a ``rectanglelabels`` region per box (``x``, ``y``, ``width``,
-  ``height`` in percent of the image) or a ``polygonlabels`` one per polygon (``points`` in percent),
-  each with its ``score``. ``label_config.xml``: the project's labeling interface naming every label
-  (``RectangleLabels`` ``label`` and, where there are polygons, ``PolygonLabels`` ``polygon``).
+  served with the export folder as ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT``) and
+  ``data.florence2_id`` the image id; one prediction (``model_version`` ``florence2`` and the task)
+  whose ``score`` is its lowest region score (so that sorting by it brings the least sure images
+  first; absent without regions) and whose ``result`` holds a ``rectanglelabels`` region per box
+  (``x``, ``y``, ``width``, ``height`` in percent of the image) or a ``polygonlabels`` one per
+  polygon (``points`` in percent), each with its ``score``. ``label_config.xml``: the project's
+  labeling interface naming every label (``RectangleLabels`` ``label`` and, where there are
+  polygons, ``PolygonLabels`` ``polygon``).
 * ``mot``: the boxes of each video's labeled frames linked into tracks
-  (:func:`florence2.label.tracks.link_tracks`, ``track_iou`` and ``track_gap``), one file per video
-  in the MOTChallenge text layout that tracking tools (TrackEval, motmetrics) read:
-  ``frame,id,left,top,width,height,score,-1,-1,-1`` a box, ``frame`` the video's frame index + 1
-  and ``score`` -1 where the record has none. ``SEQ`` is the video's file name without its suffix
-  (and 8 characters of a digest of its path where two videos share one). With images, the labeled
-  frames as ``SEQ/img1/FRAME.png`` (``FRAME`` six digits). ``tracks.json``: the task, the tracking
-  settings, the labels, and per video its path, sequence, file, frames and tracks (``id``,
-  ``label``: its boxes' most common, ``first_frame``, ``last_frame``, ``frames``, ``mean_score``). Frames are placed by
-  every name an image was found under (a frame identical to another is labeled once);
+  (:func:`florence2.label.tracks.link_tracks`, ``track_iou``, ``track_gap``, ``track_by_label``), a
+  file a video in the MOTChallenge text layout that tracking tools (TrackEval, motmetrics) read:
+  ``frame,id,left,top,width,height,score,-1,-1,-1`` a box, ``frame`` the video's frame index + 1 and
+  ``score`` -1 where the record has none. ``SEQ`` is the video's file name without its suffix (and 8
+  characters of a digest of its path where two videos share one). With images, the labeled frames as
+  ``SEQ/img1/FRAME.png`` (``FRAME`` six digits). ``tracks.json``: the task, the tracking settings,
+  the labels, and per video its path, sequence, file, frames and tracks (``id``, ``label``: its
+  boxes' most common, ``first_frame``, ``last_frame``, ``frames``, ``mean_score``). Frames are
+  placed by every name an image was found under (a frame identical to another is labeled once);
   records of no video frame are left out; the export takes no val split.
 
-Which task: ``coco``, ``yolo``, ``labelstudio`` and ``mot`` take the regions of ``task``, by default the first of
-:data:`BOX_TASKS` that any record holds; any task answering with regions may be named (a region
-without a label, as region proposals give, is called :data:`UNLABELLED`). ``captions`` takes
-``task``, by default the first of :data:`CAPTION_TASKS` that any record holds. A record without
-that task's result is left out of the export, and said so in the summary.
+Which task: ``coco``, ``yolo``, ``labelstudio`` and ``mot`` take the regions of ``task``, by default
+the first of :data:`BOX_TASKS` that any record holds; any task answering with regions may be named
+(a region without a label, as region proposals give, is called :data:`UNLABELLED`). ``captions``
+takes ``task``, by default the first of :data:`CAPTION_TASKS` that any record holds. A record
+without that task's result is left out of the export, and said so in the summary.
 
 Images (``images``): ``"link"`` symlinks image files (copies them where links cannot be made),
 ``"copy"`` copies them; both write tar members (their bytes) and video frames (PNG) as files, read
@@ -81,7 +82,7 @@ left out; ``yolo`` and ``captions`` need image files and refuse it.
 
 The summary: ``format``, ``out``, ``task``, ``images``, ``splits`` (``{split: {"images", "regions"}}``),
 ``files`` (the label files written, relative to ``out``), ``image_files`` (how many images were
-written), ``categories`` (coco, yolo) and ``skipped`` (``[{"id", "reason"}]``).
+written), ``categories`` (coco, yolo, labelstudio, mot) and ``skipped`` (``[{"id", "reason"}]``).
 """
 
 from __future__ import annotations
